@@ -1,0 +1,69 @@
+"""The ``jobcast`` command. ``main(argv=None)`` so tests can call it directly."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+from collections.abc import Sequence
+
+from .errors import ConfigError
+from .settings import Settings, build_serve_parser
+
+logger = logging.getLogger("jobcast")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobcast", description="Run slow agent jobs behind a web app and push their progress live."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="start the server", description="Start the jobcast server.")
+    build_serve_parser(serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    parsed = parser.parse_args(args)
+    if parsed.command == "serve":
+        return serve(args[1:])
+    parser.error(f"unknown command {parsed.command!r}")
+    return 2
+
+
+def serve(argv: Sequence[str]) -> int:
+    try:
+        settings = Settings.from_args(argv)
+        from .app import create_app
+
+        app = create_app(settings)
+    except ConfigError as exc:
+        print(f"jobcast: error: {exc}", file=sys.stderr)
+        return 2
+    return run_server(app, settings)
+
+
+def run_server(app: object, settings: Settings) -> int:
+    import uvicorn
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    uvicorn.run(app, host=settings.host, port=settings.port, ws="websockets-sansio", log_level=settings.log_level)  # type: ignore[arg-type]
+    _exit_despite_stuck_agents()
+    return 0
+
+
+def _exit_despite_stuck_agents() -> None:
+    """An agent thread that ignores cancellation would keep the process alive; don't wait for it."""
+    stuck = [
+        t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon
+    ]
+    if stuck:
+        logger.warning("exiting with %d agent thread(s) still running", len(stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -1,0 +1,290 @@
+"""The job engine: single flight, worker slots, timeouts, cancellation.
+
+Agent code is the only thing that runs in threads. Everything here runs on the event
+loop; every change to a job goes through the store's compare-and-set, so a job that
+timed out or was cancelled can never be finished a second time by a late thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+from anyio.abc import TaskGroup
+
+from agents import Agent
+
+from .context import RunContext
+from .errors import NothingToCancel, StaleJob, UnknownAgent
+from .jobs import Job, JobError, JobStatus, Progress
+from .plugins import agent_timeout
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+#: At most this many progress writes per second per job reach the store.
+PROGRESS_WRITES_PER_SECOND = 10
+
+
+@dataclasses.dataclass(kw_only=True)
+class EngineConfig:
+    workers: int = 8
+    job_timeout: float = 600.0
+    demo_seconds: float = 20.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """What came back from the worker thread."""
+
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+
+
+@dataclasses.dataclass(kw_only=True)
+class _Run:
+    """A job this process is running: its context and its latest, unflushed progress."""
+
+    job: Job
+    ctx: RunContext
+    progress: Progress
+    progress_changed: anyio.Event = dataclasses.field(default_factory=anyio.Event)
+
+
+class Engine:
+    def __init__(
+        self, store: Store, agents: Mapping[str, Agent], config: EngineConfig, task_group: TaskGroup
+    ) -> None:
+        self.store = store
+        self.agents = agents
+        self.config = config
+        self._task_group = task_group
+        # Slots are held from "running" until the thread really returns, even after a
+        # timeout, so --workers is a true bound on agent threads.
+        self._slots = anyio.CapacityLimiter(config.workers)
+        self._threads = anyio.CapacityLimiter(config.workers)
+        self._runs: dict[str, _Run] = {}
+
+    # -- what the API calls ----------------------------------------------------
+
+    def agent(self, name: str) -> Agent:
+        try:
+            return self.agents[name]
+        except KeyError:
+            raise UnknownAgent(name) from None
+
+    def timeout_for(self, agent: Agent) -> float:
+        return agent_timeout(agent, self.config.job_timeout)
+
+    @property
+    def busy_workers(self) -> int:
+        return int(self._slots.borrowed_tokens)
+
+    async def start(self, project_id: str, agent_name: str) -> tuple[Job, bool]:
+        """Queue a job, or return the one already queued or running (deduplicated)."""
+        agent = self.agent(agent_name)
+        job, deduplicated = await self.store.create_job(Job.new(project_id, agent_name))
+        if not deduplicated:
+            self._task_group.start_soon(self._run_guarded, job, agent, name=f"job {job.job_id}")
+        return job, deduplicated
+
+    async def cancel(self, project_id: str, agent_name: str) -> Job:
+        """Cancel a queued job at once; ask a running one to stop at its next check."""
+        self.agent(agent_name)
+        while True:
+            job = await self.store.latest_job(project_id, agent_name)
+            if job is None or job.status.is_final:
+                raise NothingToCancel(project_id, agent_name)
+            try:
+                return await self._cancel(job)
+            except StaleJob:
+                continue  # it started or finished meanwhile; look again
+
+    async def _cancel(self, job: Job) -> Job:
+        if job.status is JobStatus.QUEUED:
+            cancelled = job.with_cancel_requested().transition(
+                JobStatus.CANCELLED, error=JobError(code="cancelled", message="cancelled before it started")
+            )
+            return (await self.store.update_job(cancelled, JobStatus.QUEUED)).job
+        if job.cancel_requested:
+            return job
+        # Record the request before waking the agent, so the job's final record carries it.
+        requested = (await self.store.update_job(job.with_cancel_requested(), JobStatus.RUNNING)).job
+        run = self._runs.get(job.job_id)
+        if run is not None:
+            run.ctx.cancel()
+        return requested
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def recover(self, reason: str) -> int:
+        """Fail every job left queued or running by a process that is gone."""
+        count = 0
+        for job in await self.store.active_jobs():
+            if job.job_id not in self._runs and await self._interrupt(job, reason):
+                count += 1
+        if count:
+            logger.warning("marked %d interrupted job(s) as failed: %s", count, reason)
+        return count
+
+    async def shutdown(self) -> None:
+        """Stop taking work: tell running agents to stop and fail what cannot finish now."""
+        for run in self._runs.values():
+            run.ctx.cancel()
+        for job in await self.store.active_jobs():
+            await self._interrupt(job, "the server shut down before the job finished")
+
+    async def _interrupt(self, job: Job, reason: str) -> bool:
+        failed = job.transition(JobStatus.FAILED, error=JobError(code="interrupted", message=reason))
+        try:
+            await self.store.update_job(failed, job.status)
+        except StaleJob:
+            return False
+        return True
+
+    # -- running a job ---------------------------------------------------------------
+
+    async def _run_guarded(self, job: Job, agent: Agent) -> None:
+        """A job's task. A bug here must not take the task group, and the server, down."""
+        try:
+            await self._run(job, agent)
+        except Exception:
+            logger.exception("job %s of %s/%s crashed in the engine", job.job_id, job.project_id, job.agent)
+            await self._fail_after_crash(job.job_id)
+
+    async def _run(self, job: Job, agent: Agent) -> None:
+        async with self._slots:
+            running = await self._begin(job)
+            if running is None:
+                return
+            run = _Run(job=running, ctx=self._context(running), progress=running.progress)
+            self._runs[running.job_id] = run
+            try:
+                outcome = await self._supervise(run, agent)
+                await self._finish(run, outcome)
+            finally:
+                del self._runs[running.job_id]
+
+    async def _begin(self, job: Job) -> Job | None:
+        try:
+            return (await self.store.update_job(job.transition(JobStatus.RUNNING), JobStatus.QUEUED)).job
+        except StaleJob:
+            return None  # cancelled while it waited for a slot
+
+    def _context(self, job: Job) -> RunContext:
+        return RunContext(
+            demo_seconds=self.config.demo_seconds,
+            on_report=lambda progress: self._on_report(job.job_id, progress),
+            token=anyio.lowlevel.current_token(),
+        )
+
+    async def _supervise(self, run: _Run, agent: Agent) -> Outcome:
+        async with anyio.create_task_group() as helpers:
+            helpers.start_soon(self._expire_after, run, self.timeout_for(agent))
+            helpers.start_soon(self._flush_progress, run)
+            outcome = await anyio.to_thread.run_sync(
+                call_agent, agent, run.job.project_id, run.ctx, limiter=self._threads, abandon_on_cancel=True
+            )
+            helpers.cancel_scope.cancel()
+        return outcome
+
+    async def _expire_after(self, run: _Run, timeout: float) -> None:
+        await anyio.sleep(timeout)
+        run.ctx.cancel()
+        message = f"the job did not finish within its {timeout:g} s limit"
+        await self._conclude(run, JobStatus.TIMED_OUT, error=JobError(code="timed_out", message=message))
+
+    async def _finish(self, run: _Run, outcome: Outcome) -> None:
+        if run.ctx.cancelled:
+            error = JobError(code="cancelled", message="cancelled on request")
+            await self._conclude(run, JobStatus.CANCELLED, error=error)
+        elif outcome.error is not None:
+            await self._conclude(run, JobStatus.FAILED, error=outcome.error)
+        else:
+            await self._conclude(run, JobStatus.COMPLETED, result=outcome.result)
+
+    async def _conclude(
+        self,
+        run: _Run,
+        status: JobStatus,
+        *,
+        result: dict[str, Any] | None = None,
+        error: JobError | None = None,
+    ) -> None:
+        """Write the final state once; a job already final (timed out, lost) stays as it is."""
+        with anyio.CancelScope(shield=True):
+            current = await self.store.get_job(run.job.job_id)
+            if current is None or current.status is not JobStatus.RUNNING:
+                logger.info(
+                    "job %s is already %s; discarding its %s outcome",
+                    run.job.job_id,
+                    current and current.status.value,
+                    status.value,
+                )
+                return
+            final = current.with_progress(run.progress).transition(status, result=result, error=error)
+            try:
+                await self.store.update_job(final, JobStatus.RUNNING)
+            except StaleJob:
+                logger.info(
+                    "job %s finished elsewhere first; discarding its %s outcome", run.job.job_id, status.value
+                )
+
+    async def _fail_after_crash(self, job_id: str) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                job = await self.store.get_job(job_id)
+                if job is not None and job.status.is_active:
+                    await self._interrupt(job, "jobcast hit an internal error running this job")
+            except Exception:
+                logger.exception("could not mark job %s as failed", job_id)
+
+    # -- progress ----------------------------------------------------------------------
+
+    def _on_report(self, job_id: str, progress: Progress) -> None:
+        """Runs on the loop, called by ``ctx.report`` from the worker thread."""
+        run = self._runs.get(job_id)
+        if run is None:
+            return
+        run.progress = Progress(
+            percent=run.progress.percent if progress.percent is None else progress.percent,
+            message=run.progress.message if progress.message is None else progress.message,
+        )
+        run.progress_changed.set()
+
+    async def _flush_progress(self, run: _Run) -> None:
+        while True:
+            await run.progress_changed.wait()
+            run.progress_changed = anyio.Event()
+            await self.store.set_progress(run.job.job_id, run.progress)
+            await anyio.sleep(1 / PROGRESS_WRITES_PER_SECOND)
+
+
+def call_agent(agent: Agent, project_id: str, ctx: RunContext) -> Outcome:
+    """Runs in the worker thread: call the agent and turn whatever happens into an Outcome."""
+    try:
+        result = agent.refresh(project_id, ctx)
+    except Exception as exc:
+        if ctx.cancelled:
+            return Outcome()
+        logger.exception("agent %r failed for project %r", agent.name, project_id)
+        return Outcome(error=JobError(code="agent_error", message=str(exc) or type(exc).__name__))
+    return checked_result(agent, result)
+
+
+def checked_result(agent: Agent, result: object) -> Outcome:
+    if not isinstance(result, dict):
+        message = f"agent {agent.name!r} returned {type(result).__name__}, not a dict"
+        return Outcome(error=JobError(code="invalid_result", message=message))
+    try:
+        # A round trip proves the result is JSON and detaches it from the agent's objects.
+        return Outcome(result=json.loads(json.dumps(result, allow_nan=False)))
+    except (TypeError, ValueError) as exc:
+        message = f"agent {agent.name!r} returned a result that is not JSON-serialisable: {exc}"
+        return Outcome(error=JobError(code="invalid_result", message=message))

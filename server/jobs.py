@@ -1,0 +1,223 @@
+"""Job records and the one place where their legal state transitions are written down.
+
+Nothing here does I/O: the engine decides, the store persists, and both call
+:meth:`Job.transition` so an illegal move raises the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import IllegalTransition
+
+
+class JobStatus(enum.StrEnum):
+    #: accepted, waiting for a free worker slot
+    QUEUED = "queued"
+    #: the agent's ``refresh`` is running in a worker thread
+    RUNNING = "running"
+    #: the agent returned a result
+    COMPLETED = "completed"
+    #: the agent raised, or the server lost the job (``error.code == "interrupted"``)
+    FAILED = "failed"
+    #: a client asked to cancel and the job stopped
+    CANCELLED = "cancelled"
+    #: the job outlived its timeout; whatever the thread returns later is discarded
+    TIMED_OUT = "timed_out"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+    @property
+    def is_active(self) -> bool:
+        return not self.is_final
+
+
+FINAL_STATES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.TIMED_OUT})
+
+#: Every legal move. ``failed`` is reachable from ``queued`` only for jobs the
+#: server lost (a restart or an expired lease), never from agent code.
+TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
+    JobStatus.RUNNING: FINAL_STATES,
+    JobStatus.COMPLETED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+    JobStatus.TIMED_OUT: frozenset(),
+}
+
+
+def check_transition(current: JobStatus, target: JobStatus) -> None:
+    """Raise :class:`IllegalTransition` unless ``current -> target`` is allowed."""
+    if target not in TRANSITIONS[current]:
+        raise IllegalTransition(current.value, target.value)
+
+
+def now() -> float:
+    return datetime.now(UTC).timestamp()
+
+
+def isoformat(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_iso(value: str | None) -> float | None:
+    if value is None:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Progress:
+    percent: float | None = None
+    message: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"percent": self.percent, "message": self.message}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobError:
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Job:
+    """One run of one agent for one project. Immutable: every change is a new record."""
+
+    job_id: str
+    project_id: str
+    agent: str
+    status: JobStatus
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: Progress = Progress()
+    cancel_requested: bool = False
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+
+    @classmethod
+    def new(cls, project_id: str, agent: str) -> Job:
+        created = now()
+        return cls(
+            job_id=uuid.uuid4().hex,
+            project_id=project_id,
+            agent=agent,
+            status=JobStatus.QUEUED,
+            created_at=created,
+            updated_at=created,
+        )
+
+    def transition(
+        self,
+        target: JobStatus,
+        *,
+        result: dict[str, Any] | None = None,
+        error: JobError | None = None,
+        at: float | None = None,
+    ) -> Job:
+        """Return the record after moving to ``target``; raise if the move is illegal."""
+        check_transition(self.status, target)
+        moment = now() if at is None else at
+        changes: dict[str, Any] = {"status": target, "updated_at": moment}
+        if target is JobStatus.RUNNING:
+            changes["started_at"] = moment
+        if target.is_final:
+            changes["finished_at"] = moment
+            changes["result"] = result if target is JobStatus.COMPLETED else None
+            changes["error"] = error
+        return dataclasses.replace(self, **changes)
+
+    def with_cancel_requested(self) -> Job:
+        return dataclasses.replace(self, cancel_requested=True, updated_at=now())
+
+    def with_progress(self, progress: Progress) -> Job:
+        return dataclasses.replace(self, progress=progress)
+
+    def elapsed_s(self, at: float | None = None) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at if self.finished_at is not None else (now() if at is None else at)
+        return round(max(0.0, end - self.started_at), 3)
+
+    def to_dict(self, at: float | None = None) -> dict[str, Any]:
+        """The public JSON shape of a job, the same in every API and event."""
+        return {
+            "job_id": self.job_id,
+            "project_id": self.project_id,
+            "agent": self.agent,
+            "status": self.status.value,
+            "created_at": isoformat(self.created_at),
+            "updated_at": isoformat(self.updated_at),
+            "started_at": isoformat(self.started_at),
+            "finished_at": isoformat(self.finished_at),
+            "elapsed_s": self.elapsed_s(at),
+            "progress": self.progress.to_dict(),
+            "cancel_requested": self.cancel_requested,
+            "result": self.result,
+            "error": None if self.error is None else self.error.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Job:
+        error = data.get("error")
+        progress = data.get("progress") or {}
+        created_at = parse_iso(data["created_at"])
+        assert created_at is not None
+        return cls(
+            job_id=data["job_id"],
+            project_id=data["project_id"],
+            agent=data["agent"],
+            status=JobStatus(data["status"]),
+            created_at=created_at,
+            updated_at=parse_iso(data.get("updated_at")) or created_at,
+            started_at=parse_iso(data.get("started_at")),
+            finished_at=parse_iso(data.get("finished_at")),
+            progress=Progress(percent=progress.get("percent"), message=progress.get("message")),
+            cancel_requested=bool(data.get("cancel_requested")),
+            result=data.get("result"),
+            error=None if error is None else JobError(code=error["code"], message=error["message"]),
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Event:
+    """One entry of a project's event log: a job record as it was after a change."""
+
+    epoch: str
+    seq: int
+    job: Job
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": "job",
+            "epoch": self.epoch,
+            "seq": self.seq,
+            "project_id": self.job.project_id,
+            "agent": self.job.agent,
+            "job": self.job.to_dict(at=self.job.updated_at),
+        }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LastResult:
+    """The latest completed result of one agent for one project."""
+
+    job_id: str
+    result: dict[str, Any]
+    at: float

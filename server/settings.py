@@ -1,0 +1,160 @@
+"""Server settings: read once, from the command line and ``JOBCAST_*`` variables.
+
+This is the only module that looks at the environment. A command-line option wins
+over its variable, and the variable wins over the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_AGENTS = ("agents.builtin:FinancialAgent", "agents.builtin:PerformanceAgent")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be between 0 and 65535")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _log_level(text: str) -> str:
+    level = text.lower()
+    if level not in {"critical", "error", "warning", "info", "debug"}:
+        raise ValueError("must be one of debug, info, warning, error, critical")
+    return level
+
+
+def _agent_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class _Option:
+    name: str
+    parse: Callable[[str], Any]
+    help: str
+
+
+_OPTIONS = (
+    _Option("host", str, "address to bind"),
+    _Option("port", _port, "port to bind (0 picks a free one)"),
+    _Option("store", str, "where jobs live: sqlite:///path.db or memory://"),
+    _Option("workers", _positive_int, "agent jobs that run at once"),
+    _Option("job_timeout", _positive_float, "seconds before a job times out, unless its agent sets one"),
+    _Option("demo_seconds", _non_negative_float, "how long the built-in demo agents take"),
+    _Option("log_level", _log_level, "debug, info, warning or error"),
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    store: str = "sqlite:///jobcast.db"
+    agents: tuple[str, ...] = DEFAULT_AGENTS
+    workers: int = 8
+    job_timeout: float = 600.0
+    demo_seconds: float = 20.0
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``JOBCAST_*`` variables alone, as the ASGI factory uses them."""
+        return cls(**_values_from_env(os.environ if environ is None else environ))
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings for ``jobcast serve``: options first, then variables, then defaults."""
+        values = _values_from_env(os.environ if environ is None else environ)
+        parsed = build_serve_parser().parse_args(list(argv))
+        values.update({key: value for key, value in vars(parsed).items() if value is not None})
+        if parsed.agents:
+            values["agents"] = tuple(parsed.agents)
+        return cls(**values)
+
+
+def _env_name(option: str) -> str:
+    return "JOBCAST_" + option.upper()
+
+
+def _values_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for option in _OPTIONS:
+        raw = environ.get(_env_name(option.name))
+        if raw is not None and raw != "":
+            values[option.name] = _parse_env(option.name, option.parse, raw)
+    agents = environ.get("JOBCAST_AGENTS")
+    if agents:
+        values["agents"] = _agent_list(agents)
+    return values
+
+
+def _parse_env(name: str, parse: Callable[[str], Any], raw: str) -> Any:
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{_env_name(name)}={raw!r}: {exc}") from None
+
+
+def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+    return convert
+
+
+def build_serve_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Options of ``jobcast serve``. Defaults are None so that variables can fill them."""
+    parser = parser or argparse.ArgumentParser(prog="jobcast serve")
+    defaults = Settings()
+    for option in _OPTIONS:
+        flag = "--" + option.name.replace("_", "-")
+        default = getattr(defaults, option.name)
+        parser.add_argument(
+            flag,
+            dest=option.name,
+            type=_argparse_type(option.parse),
+            default=None,
+            help=f"{option.help} (env {_env_name(option.name)}, default {default})",
+        )
+    parser.add_argument(
+        "--agent",
+        dest="agents",
+        action="append",
+        metavar="MODULE:ATTR",
+        default=None,
+        help="load an agent; repeat for more (env JOBCAST_AGENTS, comma-separated; "
+        "default: the built-in financial and performance agents)",
+    )
+    return parser

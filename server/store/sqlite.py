@@ -1,0 +1,260 @@
+"""``sqlite:///path.db``: the embedded default. Jobs, results and the event log survive restarts.
+
+One connection, used from one worker thread at a time (a limiter of 1), so the event
+loop never waits on disk and writes are serialised. A partial unique index makes
+"one active job per (project, agent)" a fact the database enforces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from ..errors import StaleJob, StoreUnavailable
+from ..jobs import Event, Job, JobStatus, LastResult, Progress
+from .base import Store
+
+T = TypeVar("T")
+
+_ACTIVE = "('queued', 'running')"
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_project ON jobs (project_id, agent, created_at);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status) WHERE status IN {_ACTIVE};
+CREATE UNIQUE INDEX IF NOT EXISTS one_active_job ON jobs (project_id, agent)
+    WHERE status IN {_ACTIVE};
+CREATE TABLE IF NOT EXISTS last_results (
+    project_id TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    result TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (project_id, agent)
+);
+CREATE TABLE IF NOT EXISTS projects (
+    project_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    project_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (project_id, seq)
+) WITHOUT ROWID;
+"""
+
+
+def path_from_url(url: str) -> str:
+    """``sqlite:///jobcast.db`` is relative to the working directory; ``sqlite:////abs.db`` is absolute."""
+    path = url.removeprefix("sqlite:///")
+    if not path or path == url:
+        raise ValueError("expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
+    return path
+
+
+class SQLiteStore(Store):
+    kind = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._limiter = anyio.CapacityLimiter(1)
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+
+    def _open(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+        with self._transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            if row is None:
+                row = (uuid.uuid4().hex[:12],)
+                db.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", row)
+        self.epoch = row[0]
+
+    async def _run(self, function: Callable[..., T], *args: Any) -> T:
+        try:
+            return await anyio.to_thread.run_sync(function, *args, limiter=self._limiter)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the SQLite store at {self.path} failed: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise sqlite3.ProgrammingError("the store is not open")
+        return self._db
+
+    # -- writes ---------------------------------------------------------------
+
+    async def create_job(self, job: Job) -> tuple[Job, bool]:
+        stored, deduplicated = await self._run(self._create_job, job)
+        if not deduplicated:
+            self._notify(job.project_id)
+        return stored, deduplicated
+
+    def _create_job(self, job: Job) -> tuple[Job, bool]:
+        with self._transaction() as db:
+            row = db.execute(
+                f"SELECT record FROM jobs WHERE project_id = ? AND agent = ? AND status IN {_ACTIVE}",
+                (job.project_id, job.agent),
+            ).fetchone()
+            if row is not None:
+                return _job(row[0]), True
+            db.execute(
+                "INSERT INTO jobs (job_id, project_id, agent, status, created_at, record) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (job.job_id, job.project_id, job.agent, job.status.value, job.created_at, _record(job)),
+            )
+            self._append(db, job)
+        return job, False
+
+    async def update_job(self, job: Job, expected: JobStatus) -> Event:
+        event = await self._run(self._update_job, job, expected)
+        self._notify(job.project_id)
+        return event
+
+    def _update_job(self, job: Job, expected: JobStatus) -> Event:
+        with self._transaction() as db:
+            changed = db.execute(
+                "UPDATE jobs SET status = ?, record = ? WHERE job_id = ? AND status = ?",
+                (job.status.value, _record(job), job.job_id, expected.value),
+            ).rowcount
+            if changed != 1:
+                raise StaleJob(job.job_id, expected.value)
+            if job.status is JobStatus.COMPLETED and job.result is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO last_results (project_id, agent, job_id, result, at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (job.project_id, job.agent, job.job_id, json.dumps(job.result), job.updated_at),
+                )
+            return self._append(db, job)
+
+    def _append(self, db: sqlite3.Connection, job: Job) -> Event:
+        row = db.execute(
+            "INSERT INTO projects (project_id, seq, updated_at) VALUES (?, 1, ?) "
+            "ON CONFLICT (project_id) DO UPDATE SET seq = seq + 1, updated_at = excluded.updated_at "
+            "RETURNING seq",
+            (job.project_id, job.updated_at),
+        ).fetchone()
+        event = Event(epoch=self.epoch, seq=row[0], job=job)
+        db.execute(
+            "INSERT INTO events (project_id, seq, body) VALUES (?, ?, ?)",
+            (job.project_id, event.seq, _record(job)),
+        )
+        return event
+
+    async def set_progress(self, job_id: str, progress: Progress) -> None:
+        await self._run(self._set_progress, job_id, progress)
+
+    def _set_progress(self, job_id: str, progress: Progress) -> None:
+        self._connection().execute(
+            "UPDATE jobs SET record = json_set(record, '$.progress', json(?)) "
+            "WHERE job_id = ? AND status = 'running'",
+            (json.dumps(progress.to_dict()), job_id),
+        )
+
+    # -- reads ----------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> Job | None:
+        return await self._one("SELECT record FROM jobs WHERE job_id = ?", job_id)
+
+    async def latest_job(self, project_id: str, agent: str) -> Job | None:
+        return await self._one(
+            f"SELECT record FROM jobs WHERE project_id = ? AND agent = ? "
+            f"ORDER BY status IN {_ACTIVE} DESC, created_at DESC LIMIT 1",
+            project_id,
+            agent,
+        )
+
+    async def list_jobs(self, project_id: str, agent: str | None, limit: int) -> list[Job]:
+        if agent is None:
+            query = "SELECT record FROM jobs WHERE project_id = ? ORDER BY created_at DESC LIMIT ?"
+            return await self._many(query, project_id, limit)
+        query = "SELECT record FROM jobs WHERE project_id = ? AND agent = ? ORDER BY created_at DESC LIMIT ?"
+        return await self._many(query, project_id, agent, limit)
+
+    async def active_jobs(self) -> list[Job]:
+        return await self._many(f"SELECT record FROM jobs WHERE status IN {_ACTIVE}")
+
+    async def last_results(self, project_id: str) -> dict[str, LastResult]:
+        rows = await self._rows(
+            "SELECT agent, job_id, result, at FROM last_results WHERE project_id = ?", project_id
+        )
+        return {
+            agent: LastResult(job_id=job_id, result=json.loads(result), at=at)
+            for agent, job_id, result, at in rows
+        }
+
+    async def project_ids(self) -> list[str]:
+        rows = await self._rows("SELECT project_id FROM projects ORDER BY updated_at DESC")
+        return [row[0] for row in rows]
+
+    async def last_seq(self, project_id: str) -> int:
+        rows = await self._rows("SELECT seq FROM projects WHERE project_id = ?", project_id)
+        return rows[0][0] if rows else 0
+
+    async def events_after(self, project_id: str, after: int, limit: int) -> list[Event]:
+        rows = await self._rows(
+            "SELECT seq, body FROM events WHERE project_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            project_id,
+            after,
+            limit,
+        )
+        return [Event(epoch=self.epoch, seq=seq, job=_job(body)) for seq, body in rows]
+
+    async def _one(self, query: str, *params: Any) -> Job | None:
+        rows = await self._rows(query, *params)
+        return _job(rows[0][0]) if rows else None
+
+    async def _many(self, query: str, *params: Any) -> list[Job]:
+        return [_job(row[0]) for row in await self._rows(query, *params)]
+
+    async def _rows(self, query: str, *params: Any) -> list[Any]:
+        return await self._run(lambda: self._connection().execute(query, params).fetchall())
+
+
+def _record(job: Job) -> str:
+    return json.dumps(job.to_dict(at=job.updated_at))
+
+
+def _job(record: str) -> Job:
+    return Job.from_dict(json.loads(record))

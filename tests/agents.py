@@ -1,0 +1,104 @@
+"""Agents for tests: each does one thing a real agent might, under the test's control.
+
+They are loadable by spec (``--agent tests.agents:GatedAgent``) and keep their gates
+on the class, so an in-process test can reach the instance the server made.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, ClassVar
+
+from agents import Cancelled, Context
+
+
+class GatedAgent:
+    """Reports 50%, then blocks until the test opens the gate (or the job is cancelled)."""
+
+    name = "gated"
+    gate: ClassVar[threading.Event] = threading.Event()
+    started: ClassVar[threading.Semaphore] = threading.Semaphore(0)
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        ctx.report(percent=50, message="waiting at the gate")
+        type(self).started.release()
+        while not type(self).gate.wait(0.01):
+            if ctx.cancelled:
+                raise Cancelled
+        return {"project": project_id, "opened": True}
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.gate = threading.Event()
+        cls.started = threading.Semaphore(0)
+
+
+class StubbornAgent:
+    """Ignores cancellation and its 0.2 s timeout; returns only when the gate opens."""
+
+    name = "stubborn"
+    timeout = 0.2
+    gate: ClassVar[threading.Event] = threading.Event()
+    returned: ClassVar[threading.Event] = threading.Event()
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        type(self).gate.wait(30)
+        ctx.report(percent=99, message="too late")
+        type(self).returned.set()
+        return {"late": True}
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.gate = threading.Event()
+        cls.returned = threading.Event()
+
+
+class FailingAgent:
+    name = "failing"
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        raise ValueError(f"ledger for {project_id} is offline")
+
+
+class BadResultAgent:
+    name = "bad_result"
+
+    def refresh(self, project_id: str, ctx: Context) -> Any:
+        return {"when": {1, 2, 3}}
+
+
+class QuickAgent:
+    """Completes at once with a result that names its project."""
+
+    name = "quick"
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        ctx.report(percent=100, message="done")
+        return {"project": project_id}
+
+
+class SleepyAgent:
+    """Sleeps ``ctx.demo_seconds`` in one cancellable wait: a job that stays running."""
+
+    name = "sleepy"
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        ctx.report(percent=10, message="sleeping")
+        if ctx.sleep(ctx.demo_seconds):
+            raise Cancelled
+        return {"slept": ctx.demo_seconds}
+
+
+class NoName:
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        return {}
+
+
+class ExplodingInit:
+    name = "exploding"
+
+    def __init__(self) -> None:
+        raise RuntimeError("no API key")
+
+
+not_an_agent = 42

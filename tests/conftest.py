@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.types import Receive, Scope, Send
+
+from agents import Agent
+from server.app import create_app
+from server.engine import Engine
+from server.jobs import Job
+from server.settings import Settings
+from server.store import Store, store_from_url
+from tests import agents as test_agents
+
+#: Every wait in the suite is a multiple of this, so a slow machine can scale them all.
+WAIT = 10.0 * float(os.environ.get("JOBCAST_TEST_WAIT_SCALE", "1"))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gates() -> Iterator[None]:
+    test_agents.GatedAgent.reset()
+    test_agents.StubbornAgent.reset()
+    yield
+    # Let any thread a test left blocked finish, so none outlives its test.
+    test_agents.GatedAgent.gate.set()
+    test_agents.StubbornAgent.gate.set()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'jobs.db'}"
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    opened = store_from_url(store_url)
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+@dataclass
+class Running:
+    """An app with its lifespan entered: an HTTP client on it, and its engine."""
+
+    http: httpx.AsyncClient
+    engine: Engine
+
+    async def wait_for(self, job_id: str, condition: Callable[[Job], bool]) -> Job:
+        return await wait_for_job(self.engine.store, job_id, condition)
+
+
+async def wait_for_job(store: Store, job_id: str, condition: Callable[[Job], bool]) -> Job:
+    """Wait, on the store's change feed, until the job's record satisfies ``condition``."""
+    with anyio.fail_after(WAIT):
+        while True:
+            job = await store.get_job(job_id)
+            assert job is not None, f"no job {job_id}"
+            if condition(job):
+                return job
+            await store.wait_for_events(job.project_id, await store.last_seq(job.project_id), WAIT)
+
+
+def status_is(*statuses: str) -> Callable[[Job], bool]:
+    return lambda job: job.status.value in statuses
+
+
+ALL_TEST_AGENTS = (
+    "tests.agents:GatedAgent",
+    "tests.agents:StubbornAgent",
+    "tests.agents:FailingAgent",
+    "tests.agents:BadResultAgent",
+    "tests.agents:QuickAgent",
+    "tests.agents:SleepyAgent",
+    "agents.builtin:FinancialAgent",
+    "agents.builtin:PerformanceAgent",
+)
+
+
+@contextlib.asynccontextmanager
+async def running_app(app: Starlette) -> AsyncIterator[Running]:
+    """Enter the app's lifespan and talk to it in-process, as uvicorn would serve it."""
+    async with app.router.lifespan_context(app) as state:
+        lifespan_state: Mapping[str, Any] = state or {}
+
+        async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
+            await app({**scope, "state": dict(lifespan_state)}, receive, send)
+
+        transport = httpx.ASGITransport(app=with_state)
+        async with httpx.AsyncClient(transport=transport, base_url="http://jobcast.test") as http:
+            yield Running(http=http, engine=lifespan_state["engine"])
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContextManager[Running]]:
+    """Build and run an app with test agents; keyword arguments override settings."""
+
+    def build(agents: Mapping[str, Agent] | None = None, **overrides: Any) -> Any:
+        values: dict[str, Any] = {
+            "store": "memory://",
+            "agents": ALL_TEST_AGENTS,
+            "demo_seconds": 0.05,
+            **overrides,
+        }
+        return running_app(create_app(Settings(**values), agents=agents))
+
+    return build
