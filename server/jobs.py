@@ -173,6 +173,24 @@ class Job:
             "error": None if self.error is None else self.error.to_dict(),
         }
 
+    def to_record(self) -> dict[str, Any]:
+        """A lossless JSON form for stores (raw timestamps), unlike the public :meth:`to_dict`."""
+        record = dataclasses.asdict(self)
+        record["status"] = self.status.value
+        return record
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Job:
+        error = record.get("error")
+        return cls(
+            **{
+                **record,
+                "status": JobStatus(record["status"]),
+                "progress": Progress(**record["progress"]),
+                "error": None if error is None else JobError(**error),
+            }
+        )
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Job:
         error = data.get("error")

@@ -100,7 +100,8 @@ async def running_app(app: Starlette) -> AsyncIterator[Running]:
         async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
             await app({**scope, "state": dict(lifespan_state)}, receive, send)
 
-        transport = httpx.ASGITransport(app=with_state)
+        # Like uvicorn, answer 500 and log, rather than raise into the test.
+        transport = httpx.ASGITransport(app=with_state, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://jobcast.test") as http:
             yield Running(http=http, engine=lifespan_state["engine"])
 

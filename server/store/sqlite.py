@@ -253,8 +253,8 @@ class SQLiteStore(Store):
 
 
 def _record(job: Job) -> str:
-    return json.dumps(job.to_dict(at=job.updated_at))
+    return json.dumps(job.to_record())
 
 
 def _job(record: str) -> Job:
-    return Job.from_dict(json.loads(record))
+    return Job.from_record(json.loads(record))
