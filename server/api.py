@@ -29,9 +29,7 @@ def resolve_target(request: Request) -> tuple[Engine, str, str]:
 async def refresh(request: Request) -> JSONResponse:
     engine, project_id, agent = resolve_target(request)
     job, deduplicated = await engine.start(project_id, agent)
-    return JSONResponse(
-        {"job": job.to_dict(), "deduplicated": deduplicated}, status_code=200 if deduplicated else 202
-    )
+    return JSONResponse({"job": job.to_dict(), "deduplicated": deduplicated}, status_code=200 if deduplicated else 202)
 
 
 async def cancel(request: Request) -> JSONResponse:

@@ -58,9 +58,7 @@ def run_server(app: object, settings: Settings) -> int:
 
 def _exit_despite_stuck_agents() -> None:
     """An agent thread that ignores cancellation would keep the process alive; don't wait for it."""
-    stuck = [
-        t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon
-    ]
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]
     if stuck:
         logger.warning("exiting with %d agent thread(s) still running", len(stuck))
         logging.shutdown()

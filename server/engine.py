@@ -58,9 +58,7 @@ class _Run:
 
 
 class Engine:
-    def __init__(
-        self, store: Store, agents: Mapping[str, Agent], config: EngineConfig, task_group: TaskGroup
-    ) -> None:
+    def __init__(self, store: Store, agents: Mapping[str, Agent], config: EngineConfig, task_group: TaskGroup) -> None:
         self.store = store
         self.agents = agents
         self.config = config
@@ -232,9 +230,7 @@ class Engine:
             try:
                 await self.store.update_job(final, JobStatus.RUNNING)
             except StaleJob:
-                logger.info(
-                    "job %s finished elsewhere first; discarding its %s outcome", run.job.job_id, status.value
-                )
+                logger.info("job %s finished elsewhere first; discarding its %s outcome", run.job.job_id, status.value)
 
     async def _fail_after_crash(self, job_id: str) -> None:
         with anyio.CancelScope(shield=True):

@@ -69,9 +69,7 @@ def _check_contract(spec: str, agent: Any) -> None:
 
 
 def _is_positive_number(value: object) -> bool:
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    )
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def agent_timeout(agent: Agent, default: float) -> float:

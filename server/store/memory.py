@@ -59,9 +59,7 @@ class MemoryStore(Store):
 
     async def list_jobs(self, project_id: str, agent: str | None, limit: int) -> list[Job]:
         matching = [
-            job
-            for job in self._jobs.values()
-            if job.project_id == project_id and (agent is None or job.agent == agent)
+            job for job in self._jobs.values() if job.project_id == project_id and (agent is None or job.agent == agent)
         ]
         return newest_first(matching, limit)
 

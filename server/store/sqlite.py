@@ -140,8 +140,7 @@ class SQLiteStore(Store):
             if row is not None:
                 return _job(row[0]), True
             db.execute(
-                "INSERT INTO jobs (job_id, project_id, agent, status, created_at, record) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (job_id, project_id, agent, status, created_at, record) VALUES (?, ?, ?, ?, ?, ?)",
                 (job.job_id, job.project_id, job.agent, job.status.value, job.created_at, _record(job)),
             )
             self._append(db, job)
@@ -187,8 +186,7 @@ class SQLiteStore(Store):
 
     def _set_progress(self, job_id: str, progress: Progress) -> None:
         self._connection().execute(
-            "UPDATE jobs SET record = json_set(record, '$.progress', json(?)) "
-            "WHERE job_id = ? AND status = 'running'",
+            "UPDATE jobs SET record = json_set(record, '$.progress', json(?)) WHERE job_id = ? AND status = 'running'",
             (json.dumps(progress.to_dict()), job_id),
         )
 
@@ -216,12 +214,9 @@ class SQLiteStore(Store):
         return await self._many(f"SELECT record FROM jobs WHERE status IN {_ACTIVE}")
 
     async def last_results(self, project_id: str) -> dict[str, LastResult]:
-        rows = await self._rows(
-            "SELECT agent, job_id, result, at FROM last_results WHERE project_id = ?", project_id
-        )
+        rows = await self._rows("SELECT agent, job_id, result, at FROM last_results WHERE project_id = ?", project_id)
         return {
-            agent: LastResult(job_id=job_id, result=json.loads(result), at=at)
-            for agent, job_id, result, at in rows
+            agent: LastResult(job_id=job_id, result=json.loads(result), at=at) for agent, job_id, result, at in rows
         }
 
     async def project_ids(self) -> list[str]:

@@ -1,0 +1,95 @@
+"""Real ``jobcast serve`` processes for end-to-end tests, on free ports, always cleaned up."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import WAIT
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def jobcast_command() -> list[str]:
+    """The installed console script, as a user runs it."""
+    script = Path(sys.executable).with_name("jobcast")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("jobcast")
+    assert found, "the jobcast console script is not installed (pip install -e '.[test]')"
+    return [found]
+
+
+class JobcastServer:
+    def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        environ = {**os.environ, **(env or {})}
+        self.process = subprocess.Popen(
+            [*jobcast_command(), "serve", "--port", str(self.port), *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=environ,
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"jobcast exited with {self.process.returncode}:\n{self.log}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"jobcast did not become ready:\n{self.log}")
+
+    def kill(self) -> None:
+        """Die like a crash: SIGKILL, no shutdown code runs."""
+        self.process.kill()
+        self.process.wait(WAIT)
+        self._log.close()
+
+    def stop(self) -> int:
+        """Stop like an operator: SIGTERM, then wait for a clean exit."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(WAIT)
+        self._log.close()
+        return self.process.returncode
+
+
+@contextlib.contextmanager
+def jobcast_server(args: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> Iterator[JobcastServer]:
+    server = JobcastServer(args, log_path, env)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
