@@ -102,3 +102,13 @@ class ExplodingInit:
 
 
 not_an_agent = 42
+
+
+class _InstanceAgent:
+    name = "instance"
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        return {"from": "instance"}
+
+
+instance_agent = _InstanceAgent()
