@@ -56,6 +56,15 @@ def _agent_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _origin_list(text: str) -> tuple[str, ...]:
+    origins = _agent_list(text)
+    for origin in origins:
+        scheme, sep, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+            raise ValueError(f"{origin!r} is not an origin like https://example.com:8443")
+    return origins
+
+
 @dataclasses.dataclass(frozen=True)
 class _Option:
     name: str
@@ -71,6 +80,13 @@ _OPTIONS = (
     _Option("job_timeout", _positive_float, "seconds before a job times out, unless its agent sets one"),
     _Option("demo_seconds", _non_negative_float, "how long the built-in demo agents take"),
     _Option("log_level", _log_level, "debug, info, warning or error"),
+    _Option("progress_interval", _positive_float, "seconds between progress events of a running job"),
+    _Option("history", _positive_int, "events per project a client can resume from"),
+    _Option("ping_interval", _positive_float, "seconds between WebSocket pings"),
+    _Option("ping_timeout", _positive_float, "seconds to wait for a pong before dropping the peer"),
+    _Option("send_buffer", _positive_int, "transitions queued for one slow subscriber before it is closed"),
+    _Option("sse_keepalive", _positive_float, "seconds between keep-alive comments on an idle SSE stream"),
+    _Option("allowed_origins", _origin_list, "comma-separated browser origins allowed besides the server's own"),
 )
 
 
@@ -84,6 +100,13 @@ class Settings:
     job_timeout: float = 600.0
     demo_seconds: float = 20.0
     log_level: str = "info"
+    progress_interval: float = 1.0
+    history: int = 1000
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    send_buffer: int = 1000
+    sse_keepalive: float = 15.0
+    allowed_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -146,7 +169,7 @@ def build_serve_parser(parser: argparse.ArgumentParser | None = None) -> argpars
             dest=option.name,
             type=_argparse_type(option.parse),
             default=None,
-            help=f"{option.help} (env {_env_name(option.name)}, default {default})",
+            help=f"{option.help} (env {_env_name(option.name)}, default {default if default != () else 'none'})",
         )
     parser.add_argument(
         "--agent",

@@ -6,23 +6,31 @@ from typing import Any
 
 from .engine import Engine
 from .jobs import isoformat
+from .store.base import ProjectState
 
 
 async def project_view(engine: Engine, project_id: str) -> dict[str, Any]:
     """``GET /api/projects/{id}``: every configured agent's current or last job and result."""
-    store = engine.store
-    seq = await store.last_seq(project_id)
-    results = await store.last_results(project_id)
+    state = await engine.store.snapshot(project_id, list(engine.agents))
+    return {
+        "project_id": project_id,
+        "epoch": engine.store.epoch,
+        "seq": state.seq,
+        "agents": agents_state(state),
+    }
+
+
+def agents_state(state: ProjectState) -> dict[str, Any]:
+    """The ``agents`` object of a project status or snapshot."""
     agents: dict[str, Any] = {}
-    for name in engine.agents:
-        job = await store.latest_job(project_id, name)
-        last = results.get(name)
+    for name, job in state.jobs.items():
+        last = state.results.get(name)
         agents[name] = {
             "job": None if job is None else job.to_dict(),
             "last_result": None if last is None else last.result,
             "last_result_at": None if last is None else isoformat(last.at),
         }
-    return {"project_id": project_id, "epoch": store.epoch, "seq": seq, "agents": agents}
+    return agents
 
 
 def agents_view(engine: Engine) -> list[dict[str, Any]]:

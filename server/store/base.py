@@ -9,6 +9,7 @@ two writers can never both finish a job.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -68,6 +69,10 @@ class Store(abc.ABC):
         """The latest completed result of each agent of a project."""
 
     @abc.abstractmethod
+    async def snapshot(self, project_id: str, agents: Sequence[str]) -> ProjectState:
+        """The project's seq, and each agent's latest job and last result, read atomically."""
+
+    @abc.abstractmethod
     async def active_jobs(self) -> list[Job]:
         """Every queued or running job, of every project."""
 
@@ -96,6 +101,15 @@ class Store(abc.ABC):
     def _notify(self, project_id: str) -> None:
         """Wake waiters once an append is durable."""
         self._feed.notify(project_id)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProjectState:
+    """A project as of one seq: what a snapshot sends."""
+
+    seq: int
+    jobs: dict[str, Job | None]
+    results: dict[str, LastResult]
 
 
 class ChangeFeed:

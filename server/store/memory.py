@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Sequence
 
 from ..errors import StaleJob
 from ..jobs import Event, Job, JobStatus, LastResult, Progress
-from .base import Store, newest_first
+from .base import ProjectState, Store, newest_first
 
 
 class MemoryStore(Store):
@@ -51,20 +52,37 @@ class MemoryStore(Store):
         return self._jobs.get(job_id)
 
     async def latest_job(self, project_id: str, agent: str) -> Job | None:
+        return self._latest(project_id, agent)
+
+    def _latest(self, project_id: str, agent: str) -> Job | None:
         active_id = self._active.get((project_id, agent))
         if active_id is not None:
             return self._jobs[active_id]
-        jobs = await self.list_jobs(project_id, agent, 1)
+        jobs = self._list(project_id, agent, 1)
         return jobs[0] if jobs else None
 
     async def list_jobs(self, project_id: str, agent: str | None, limit: int) -> list[Job]:
+        return self._list(project_id, agent, limit)
+
+    def _list(self, project_id: str, agent: str | None, limit: int) -> list[Job]:
         matching = [
             job for job in self._jobs.values() if job.project_id == project_id and (agent is None or job.agent == agent)
         ]
         return newest_first(matching, limit)
 
     async def last_results(self, project_id: str) -> dict[str, LastResult]:
+        return self._results_of(project_id)
+
+    def _results_of(self, project_id: str) -> dict[str, LastResult]:
         return {agent: last for (project, agent), last in self._results.items() if project == project_id}
+
+    async def snapshot(self, project_id: str, agents: Sequence[str]) -> ProjectState:
+        # No await between the reads, so nothing can change in between.
+        return ProjectState(
+            seq=self._last_seq(project_id),
+            jobs={agent: self._latest(project_id, agent) for agent in agents},
+            results=self._results_of(project_id),
+        )
 
     async def active_jobs(self) -> list[Job]:
         return [self._jobs[job_id] for job_id in self._active.values()]
@@ -76,6 +94,9 @@ class MemoryStore(Store):
         return sorted(self._events, key=newest, reverse=True)
 
     async def last_seq(self, project_id: str) -> int:
+        return self._last_seq(project_id)
+
+    def _last_seq(self, project_id: str) -> int:
         events = self._events.get(project_id)
         return events[-1].seq if events else 0
 

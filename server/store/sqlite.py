@@ -11,7 +11,7 @@ import contextlib
 import json
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +20,7 @@ import anyio.to_thread
 
 from ..errors import StaleJob, StoreUnavailable
 from ..jobs import Event, Job, JobStatus, LastResult, Progress
-from .base import Store
+from .base import ProjectState, Store
 
 T = TypeVar("T")
 
@@ -60,6 +60,11 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (project_id, seq)
 ) WITHOUT ROWID;
 """
+
+_LATEST_JOB = (
+    "SELECT record FROM jobs WHERE project_id = ? AND agent = ? "
+    f"ORDER BY status IN {_ACTIVE} DESC, created_at DESC LIMIT 1"
+)
 
 
 def path_from_url(url: str) -> str:
@@ -196,12 +201,7 @@ class SQLiteStore(Store):
         return await self._one("SELECT record FROM jobs WHERE job_id = ?", job_id)
 
     async def latest_job(self, project_id: str, agent: str) -> Job | None:
-        return await self._one(
-            f"SELECT record FROM jobs WHERE project_id = ? AND agent = ? "
-            f"ORDER BY status IN {_ACTIVE} DESC, created_at DESC LIMIT 1",
-            project_id,
-            agent,
-        )
+        return await self._one(_LATEST_JOB, project_id, agent)
 
     async def list_jobs(self, project_id: str, agent: str | None, limit: int) -> list[Job]:
         if agent is None:
@@ -209,6 +209,26 @@ class SQLiteStore(Store):
             return await self._many(query, project_id, limit)
         query = "SELECT record FROM jobs WHERE project_id = ? AND agent = ? ORDER BY created_at DESC LIMIT ?"
         return await self._many(query, project_id, agent, limit)
+
+    async def snapshot(self, project_id: str, agents: Sequence[str]) -> ProjectState:
+        # One call on the store's single connection: no write can land between the reads.
+        return await self._run(self._snapshot, project_id, list(agents))
+
+    def _snapshot(self, project_id: str, agents: list[str]) -> ProjectState:
+        db = self._connection()
+        row = db.execute("SELECT seq FROM projects WHERE project_id = ?", (project_id,)).fetchone()
+        jobs: dict[str, Job | None] = {}
+        for agent in agents:
+            found = db.execute(_LATEST_JOB, (project_id, agent)).fetchone()
+            jobs[agent] = None if found is None else _job(found[0])
+        results = db.execute(
+            "SELECT agent, job_id, result, at FROM last_results WHERE project_id = ?", (project_id,)
+        ).fetchall()
+        return ProjectState(
+            seq=row[0] if row else 0,
+            jobs=jobs,
+            results={a: LastResult(job_id=j, result=json.loads(r), at=at) for a, j, r, at in results},
+        )
 
     async def active_jobs(self) -> list[Job]:
         return await self._many(f"SELECT record FROM jobs WHERE status IN {_ACTIVE}")
