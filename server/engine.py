@@ -11,7 +11,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -22,13 +22,14 @@ from agents import Agent
 
 from .context import RunContext
 from .errors import NothingToCancel, StaleJob, UnknownAgent
-from .jobs import Job, JobError, JobStatus, Progress
+from .hub import ProgressUpdate
+from .jobs import Event, Job, JobError, JobStatus, Progress
 from .plugins import agent_timeout
 from .store import Store
 
 logger = logging.getLogger(__name__)
 
-#: At most this many progress writes per second per job reach the store.
+#: At most this many progress events (and store writes) per second per job.
 PROGRESS_WRITES_PER_SECOND = 10
 
 
@@ -37,6 +38,23 @@ class EngineConfig:
     workers: int = 8
     job_timeout: float = 600.0
     demo_seconds: float = 20.0
+    progress_interval: float = 1.0
+
+
+class ProgressSink(Protocol):
+    """Where live progress goes (the hub); progress never enters the event log."""
+
+    def publish_progress(self, update: ProgressUpdate) -> None: ...
+
+    def job_ended(self, project_id: str, job_id: str) -> None: ...
+
+
+class _NoSink:
+    def publish_progress(self, update: ProgressUpdate) -> None:
+        pass
+
+    def job_ended(self, project_id: str, job_id: str) -> None:
+        pass
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -52,14 +70,37 @@ class _Run:
     """A job this process is running: its context and its latest, unflushed progress."""
 
     job: Job
+    seq: int
     ctx: RunContext
     progress: Progress
     progress_changed: anyio.Event = dataclasses.field(default_factory=anyio.Event)
+    #: set once the engine has decided the final state; no progress follows it
+    final: bool = False
+
+    def update(self) -> ProgressUpdate:
+        assert self.job.started_at is not None
+        return ProgressUpdate(
+            project_id=self.job.project_id,
+            agent=self.job.agent,
+            job_id=self.job.job_id,
+            seq=self.seq,
+            started_at=self.job.started_at,
+            percent=self.progress.percent,
+            message=self.progress.message,
+        )
 
 
 class Engine:
-    def __init__(self, store: Store, agents: Mapping[str, Agent], config: EngineConfig, task_group: TaskGroup) -> None:
+    def __init__(
+        self,
+        store: Store,
+        agents: Mapping[str, Agent],
+        config: EngineConfig,
+        task_group: TaskGroup,
+        progress_sink: ProgressSink | None = None,
+    ) -> None:
         self.store = store
+        self._sink: ProgressSink = progress_sink or _NoSink()
         self.agents = agents
         self.config = config
         self._task_group = task_group
@@ -113,11 +154,12 @@ class Engine:
         if job.cancel_requested:
             return job
         # Record the request before waking the agent, so the job's final record carries it.
-        requested = (await self.store.update_job(job.with_cancel_requested(), JobStatus.RUNNING)).job
+        requested = await self.store.update_job(job.with_cancel_requested(), JobStatus.RUNNING)
         run = self._runs.get(job.job_id)
         if run is not None:
+            run.seq = requested.seq
             run.ctx.cancel()
-        return requested
+        return requested.job
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -158,20 +200,22 @@ class Engine:
 
     async def _run(self, job: Job, agent: Agent) -> None:
         async with self._slots:
-            running = await self._begin(job)
-            if running is None:
+            began = await self._begin(job)
+            if began is None:
                 return
-            run = _Run(job=running, ctx=self._context(running), progress=running.progress)
+            running = began.job
+            run = _Run(job=running, seq=began.seq, ctx=self._context(running), progress=running.progress)
             self._runs[running.job_id] = run
             try:
                 outcome = await self._supervise(run, agent)
                 await self._finish(run, outcome)
             finally:
                 del self._runs[running.job_id]
+                self._sink.job_ended(running.project_id, running.job_id)
 
-    async def _begin(self, job: Job) -> Job | None:
+    async def _begin(self, job: Job) -> Event | None:
         try:
-            return (await self.store.update_job(job.transition(JobStatus.RUNNING), JobStatus.QUEUED)).job
+            return await self.store.update_job(job.transition(JobStatus.RUNNING), JobStatus.QUEUED)
         except StaleJob:
             return None  # cancelled while it waited for a slot
 
@@ -185,7 +229,7 @@ class Engine:
     async def _supervise(self, run: _Run, agent: Agent) -> Outcome:
         async with anyio.create_task_group() as helpers:
             helpers.start_soon(self._expire_after, run, self.timeout_for(agent))
-            helpers.start_soon(self._flush_progress, run)
+            helpers.start_soon(self._pump_progress, run)
             outcome = await anyio.to_thread.run_sync(
                 call_agent, agent, run.job.project_id, run.ctx, limiter=self._threads, abandon_on_cancel=True
             )
@@ -216,6 +260,8 @@ class Engine:
         error: JobError | None = None,
     ) -> None:
         """Write the final state once; a job already final (timed out, lost) stays as it is."""
+        run.final = True
+        self._sink.job_ended(run.job.project_id, run.job.job_id)
         with anyio.CancelScope(shield=True):
             current = await self.store.get_job(run.job.job_id)
             if current is None or current.status is not JobStatus.RUNNING:
@@ -254,11 +300,19 @@ class Engine:
         )
         run.progress_changed.set()
 
-    async def _flush_progress(self, run: _Run) -> None:
-        while True:
-            await run.progress_changed.wait()
+    async def _pump_progress(self, run: _Run) -> None:
+        """One timer per running job: publish on each report (at most 10 a second) and every interval."""
+        written = run.progress
+        while not run.final:
+            with anyio.move_on_after(self.config.progress_interval):
+                await run.progress_changed.wait()
             run.progress_changed = anyio.Event()
-            await self.store.set_progress(run.job.job_id, run.progress)
+            if run.final:
+                return
+            self._sink.publish_progress(run.update())
+            if run.progress != written:
+                written = run.progress
+                await self.store.set_progress(run.job.job_id, written)
             await anyio.sleep(1 / PROGRESS_WRITES_PER_SECOND)
 
 

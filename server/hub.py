@@ -1,0 +1,241 @@
+"""Fan-out: one channel per project with local subscribers, one reader per channel.
+
+The reader follows the store's event log and pushes each event, encoded once, into
+every subscriber's bounded queue without awaiting any socket. Progress is
+latest-value: each subscriber keeps only the newest progress per job. A subscriber
+whose queue of transitions overflows is flagged, and its transport closes it; the
+client resumes from its cursor and loses nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .jobs import Event, isoformat, now
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+#: How many finished job ids a channel remembers, to drop progress that races a final state.
+_FINISHED_MEMORY = 1024
+_READ_BATCH = 500
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProgressUpdate:
+    """A running job's latest percent and message, as the engine publishes it."""
+
+    project_id: str
+    agent: str
+    job_id: str
+    seq: int
+    started_at: float
+    percent: float | None
+    message: str | None
+
+    def to_dict(self, at: float | None = None) -> dict[str, Any]:
+        elapsed = max(0.0, (now() if at is None else at) - self.started_at)
+        return {
+            "type": "progress",
+            "project_id": self.project_id,
+            "agent": self.agent,
+            "job_id": self.job_id,
+            "elapsed_s": round(elapsed, 3),
+            "percent": self.percent,
+            "message": self.message,
+            "seq": self.seq,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """One encoded message for a subscriber. ``event_id`` is ``epoch:seq`` for transitions."""
+
+    type: str
+    text: str
+    event_id: str | None = None
+
+
+def encode(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, separators=(",", ":"))
+
+
+def event_message(event: Event) -> Message:
+    return Message("job", encode(event.to_dict()), f"{event.epoch}:{event.seq}")
+
+
+class Subscription:
+    """One subscriber's outgoing queue: bounded transitions, latest-value progress."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.last_seq = 0
+        self.overflowed = anyio.Event()
+        self._transitions: collections.deque[tuple[int, Message]] = collections.deque()
+        self._progress: dict[str, tuple[int, Message]] = {}
+        self._wake = anyio.Event()
+
+    def push_event(self, seq: int, message: Message, job_id: str, final: bool) -> None:
+        if seq <= self.last_seq or self.overflowed.is_set():
+            return
+        if len(self._transitions) >= self.limit:
+            self.overflowed.set()
+            self._wake.set()
+            return
+        self._transitions.append((seq, message))
+        self.last_seq = seq
+        if final:
+            self._progress.pop(job_id, None)
+        self._wake.set()
+
+    def push_progress(self, job_id: str, seq: int, message: Message) -> None:
+        # Progress about a transition this subscriber has not been given yet is dropped;
+        # the job's next tick brings it once the transition is through.
+        if seq <= self.last_seq:
+            self._progress[job_id] = (seq, message)
+            self._wake.set()
+
+    def rebase(self, seq: int) -> None:
+        """The subscriber already has everything up to ``seq`` (from a snapshot or replay)."""
+        while self._transitions and self._transitions[0][0] <= seq:
+            self._transitions.popleft()
+        self.last_seq = max(self.last_seq, seq)
+
+    async def next_batch(self) -> list[Message]:
+        """Wait for something to send; transitions first, in order, then progress."""
+        while not (self._transitions or self._progress or self.overflowed.is_set()):
+            await self._wake.wait()
+            self._wake = anyio.Event()
+        batch = [message for _, message in self._transitions]
+        batch.extend(message for _, message in self._progress.values())
+        self._transitions.clear()
+        self._progress.clear()
+        return batch
+
+
+class Channel:
+    """A project's fan-out in this process. Lives while it has subscribers."""
+
+    def __init__(self, project_id: str, store: Store) -> None:
+        self.project_id = project_id
+        self.store = store
+        self.subscribers: set[Subscription] = set()
+        self.ready = anyio.Event()
+        self.cursor = 0
+        self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.scope = anyio.CancelScope()
+
+    async def run(self) -> None:
+        with self.scope:
+            self.cursor = await self.store.last_seq(self.project_id)
+            self.ready.set()
+            while True:
+                events = await self.store.events_after(self.project_id, self.cursor, _READ_BATCH)
+                if not events:
+                    await self.store.wait_for_events(self.project_id, self.cursor, math.inf)
+                    continue
+                for event in events:
+                    self._fan_out(event)
+
+    def _fan_out(self, event: Event) -> None:
+        message = event_message(event)  # encoded once for every subscriber
+        final = event.job.status.is_final
+        if final:
+            self._remember_finished(event.job.job_id)
+        for subscriber in self.subscribers:
+            subscriber.push_event(event.seq, message, event.job.job_id, final)
+        self.cursor = event.seq
+
+    def _remember_finished(self, job_id: str) -> None:
+        self._finished[job_id] = None
+        if len(self._finished) > _FINISHED_MEMORY:
+            self._finished.popitem(last=False)
+
+    def publish_progress(self, update: ProgressUpdate) -> None:
+        if update.job_id in self._finished:
+            return  # nothing about a job follows its final state
+        message = Message("progress", encode(update.to_dict()))
+        for subscriber in self.subscribers:
+            subscriber.push_progress(update.job_id, update.seq, message)
+
+
+class Hub:
+    """Channels by project for this process."""
+
+    def __init__(self, store: Store, task_group: TaskGroup, send_buffer: int) -> None:
+        self.store = store
+        self._task_group = task_group
+        self._send_buffer = send_buffer
+        self._channels: dict[str, Channel] = {}
+        self._latest: dict[str, dict[str, ProgressUpdate]] = {}
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(channel.subscribers) for channel in self._channels.values())
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, project_id: str) -> AsyncIterator[Subscription]:
+        """Join the project's channel; live events queue up from the moment this returns."""
+        channel = self._channels.get(project_id)
+        if channel is None:
+            channel = self._channels[project_id] = Channel(project_id, self.store)
+            self._task_group.start_soon(self._run_channel, channel, name=f"channel {project_id}")
+        subscription = Subscription(self._send_buffer)
+        channel.subscribers.add(subscription)  # before waiting, so the channel cannot close under us
+        try:
+            await channel.ready.wait()
+            yield subscription
+        finally:
+            channel.subscribers.discard(subscription)
+            if not channel.subscribers:
+                channel.scope.cancel()
+                if self._channels.get(project_id) is channel:
+                    del self._channels[project_id]
+
+    def add_latest_progress(self, project_id: str, subscription: Subscription) -> None:
+        """After a snapshot or resume, hand the subscriber each running job's latest progress."""
+        for update in self._latest.get(project_id, {}).values():
+            subscription.push_progress(update.job_id, update.seq, Message("progress", encode(update.to_dict())))
+
+    def latest_progress(self, project_id: str) -> list[dict[str, Any]]:
+        """The latest progress of each running job of the project, for long-poll replies."""
+        return [update.to_dict() for update in self._latest.get(project_id, {}).values()]
+
+    def publish_progress(self, update: ProgressUpdate) -> None:
+        """Called by the engine on each tick and report of a running job."""
+        self._latest.setdefault(update.project_id, {})[update.job_id] = update
+        channel = self._channels.get(update.project_id)
+        if channel is not None:
+            channel.publish_progress(update)
+
+    def job_ended(self, project_id: str, job_id: str) -> None:
+        """Called by the engine once a job is final: its progress is no longer news."""
+        jobs = self._latest.get(project_id)
+        if jobs is not None:
+            jobs.pop(job_id, None)
+            if not jobs:
+                del self._latest[project_id]
+
+    async def _run_channel(self, channel: Channel) -> None:
+        try:
+            await channel.run()
+        except Exception:
+            logger.exception("the channel of project %s stopped; closing its subscribers", channel.project_id)
+            for subscriber in channel.subscribers:
+                subscriber.overflowed.set()
+            if self._channels.get(channel.project_id) is channel:
+                del self._channels[channel.project_id]
+
+
+def server_time() -> str | None:
+    return isoformat(now())
