@@ -12,10 +12,12 @@ from starlette.applications import Starlette
 
 from agents import Agent
 
-from . import api, legacy
+from . import api, legacy, push
 from .engine import Engine, EngineConfig
 from .http_errors import EXCEPTION_HANDLERS
+from .hub import Hub
 from .plugins import load_agents
+from .push import PushConfig
 from .settings import Settings
 from .store import Store, store_from_url
 
@@ -33,7 +35,13 @@ def create_app(
     agents = agents if agents is not None else load_agents(settings.agents)
     store = store if store is not None else store_from_url(settings.store)
     config = EngineConfig(
-        workers=settings.workers, job_timeout=settings.job_timeout, demo_seconds=settings.demo_seconds
+        workers=settings.workers,
+        job_timeout=settings.job_timeout,
+        demo_seconds=settings.demo_seconds,
+        progress_interval=settings.progress_interval,
+    )
+    push_config = PushConfig(
+        history=settings.history, allowed_origins=settings.allowed_origins, sse_keepalive=settings.sse_keepalive
     )
 
     @contextlib.asynccontextmanager
@@ -41,7 +49,8 @@ def create_app(
         await store.open()
         try:
             async with anyio.create_task_group() as task_group:
-                engine = Engine(store, agents, config, task_group)
+                hub = Hub(store, task_group, settings.send_buffer)
+                engine = Engine(store, agents, config, task_group, progress_sink=hub)
                 await engine.recover("the server stopped before the job finished")
                 logger.info(
                     "jobcast ready: store %s (epoch %s), agents %s, %d workers",
@@ -50,14 +59,14 @@ def create_app(
                     ", ".join(agents),
                     config.workers,
                 )
-                yield {"engine": engine}
+                yield {"engine": engine, "hub": hub, "push": push_config}
                 await engine.shutdown()
                 task_group.cancel_scope.cancel()
         finally:
             await store.close()
 
     return Starlette(
-        routes=[*api.ROUTES, *legacy.ROUTES],
+        routes=[*api.ROUTES, *push.ROUTES, *legacy.ROUTES],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

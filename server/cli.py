@@ -51,7 +51,19 @@ def run_server(app: object, settings: Settings) -> int:
     import uvicorn
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
-    uvicorn.run(app, host=settings.host, port=settings.port, ws="websockets-sansio", log_level=settings.log_level)  # type: ignore[arg-type]
+    from .protocol import JobcastWebSocketProtocol
+
+    uvicorn.run(
+        app,  # type: ignore[arg-type]
+        host=settings.host,
+        port=settings.port,
+        ws=JobcastWebSocketProtocol,
+        ws_ping_interval=settings.ping_interval,
+        ws_ping_timeout=settings.ping_timeout,
+        ws_max_size=64 * 1024,
+        ws_per_message_deflate=False,
+        log_level=settings.log_level,
+    )
     _exit_despite_stuck_agents()
     return 0
 

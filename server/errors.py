@@ -11,12 +11,26 @@ The tree::
     ├── IllegalTransition        500, a bug: the engine asked for a move the state machine forbids
     └── StaleJob                 409, a compare-and-set lost: someone else changed the job first
     ConfigError                  bad settings or agent spec; stops start-up, never reaches HTTP
+    CloseCode                    the WebSocket close codes jobcast sends
 
 HTTP status codes are attached here, and mapped to responses in exactly one place,
 :mod:`server.http_errors`.
 """
 
 from __future__ import annotations
+
+import enum
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes jobcast sends, and when."""
+
+    #: a binary frame; the protocol is JSON text
+    UNSUPPORTED_DATA = 1003
+    #: an inbound message over 64 KiB
+    MESSAGE_TOO_BIG = 1009
+    #: the subscriber fell too far behind; resume from the cursor
+    TRY_AGAIN_LATER = 1013
 
 
 class JobcastError(Exception):

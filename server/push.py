@@ -1,0 +1,320 @@
+"""Push: a project's events over WebSocket, Server-Sent Events and long-poll, on one cursor."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from . import validation
+from .cursor import Cursor, Resume, Snapshot, parse_cursor, parse_last_event_id, plan
+from .engine import Engine
+from .errors import CloseCode, InvalidInput
+from .http_errors import error_response
+from .hub import Hub, Message, Subscription, encode, event_message, server_time
+from .views import agents_state
+
+logger = logging.getLogger(__name__)
+
+MAX_INBOUND_BYTES = 64 * 1024
+MAX_WAIT_SECONDS = 30
+_REPLAY_BATCH = 500
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PushConfig:
+    history: int = 1000
+    allowed_origins: tuple[str, ...] = ()
+    sse_keepalive: float = 15.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Services:
+    engine: Engine
+    hub: Hub
+    config: PushConfig
+
+
+def _services(scope_state: Any) -> _Services:
+    return _Services(scope_state.engine, scope_state.hub, scope_state.push)
+
+
+# -- the opening of every stream: snapshot, or welcome plus replay ------------------------
+
+
+async def opening_messages(
+    services: _Services, project_id: str, cursor: Cursor | None, sub: Subscription
+) -> list[Message]:
+    """What a subscriber gets first. Live events queued meanwhile are trimmed so none repeats."""
+    store = services.engine.store
+    last_seq = await store.last_seq(project_id)
+    decision = plan(cursor, epoch=store.epoch, last_seq=last_seq, history=services.config.history)
+    if isinstance(decision, Snapshot):
+        messages = [await _snapshot(services, project_id, decision.reason, sub)]
+    else:
+        messages = await _replay(services, project_id, decision, last_seq, sub)
+    services.hub.add_latest_progress(project_id, sub)
+    return messages
+
+
+async def _snapshot(services: _Services, project_id: str, reason: str, sub: Subscription) -> Message:
+    store = services.engine.store
+    state = await store.snapshot(project_id, list(services.engine.agents))
+    sub.rebase(state.seq)
+    payload = {
+        "type": "snapshot",
+        "project_id": project_id,
+        "epoch": store.epoch,
+        "seq": state.seq,
+        "recovered": False,
+        "reason": reason,
+        "agents": agents_state(state),
+        "server_time": server_time(),
+    }
+    return Message("snapshot", encode(payload), f"{store.epoch}:{state.seq}")
+
+
+async def _replay(
+    services: _Services, project_id: str, decision: Resume, last_seq: int, sub: Subscription
+) -> list[Message]:
+    store = services.engine.store
+    welcome = {"type": "welcome", "project_id": project_id, "epoch": store.epoch, "seq": last_seq, "recovered": True}
+    messages = [Message("welcome", encode(welcome))]
+    after = decision.after
+    while events := await store.events_after(project_id, after, _REPLAY_BATCH):
+        messages.extend(event_message(event) for event in events)
+        after = events[-1].seq
+    sub.rebase(after)
+    return messages
+
+
+# -- WebSocket -------------------------------------------------------------------------------
+
+
+def client_reply(text: str) -> dict[str, Any]:
+    """The answer to one client text message. Pure, so every case is easy to test."""
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return _client_error("bad_json", "messages must be JSON objects")
+    if not isinstance(message, dict):
+        return _client_error("bad_message", "messages must be JSON objects")
+    kind = message.get("type")
+    if kind is None:
+        return _client_error("missing_type", "messages need a 'type' field")
+    if kind == "ping":
+        return {"type": "pong"}
+    return _client_error("unknown_type", f"unknown message type {str(kind)[:40]!r}; the only one is 'ping'")
+
+
+def _client_error(code: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message}
+
+
+def origin_allowed(scope: Scope, origin: str | None, allowed: tuple[str, ...]) -> bool:
+    """No Origin (a CLI) is fine; a browser's must be ours or listed exactly."""
+    if origin is None:
+        return True
+    headers = dict(scope["headers"])
+    host = headers.get(b"host", b"").decode("latin-1")
+    scheme = "https" if scope.get("scheme") in ("wss", "https") else "http"
+    return origin == f"{scheme}://{host}" or origin in allowed
+
+
+async def project_socket(websocket: WebSocket) -> None:
+    services = _services(websocket.state)
+    refusal = _handshake_refusal(websocket, services.config)
+    if refusal is not None:
+        await websocket.send_denial_response(refusal)
+        return
+    project_id = websocket.path_params["project_id"]
+    cursor = parse_cursor(websocket.query_params.get("epoch"), websocket.query_params.get("after"))
+    await websocket.accept()
+    async with services.hub.subscribe(project_id) as sub, anyio.create_task_group() as tasks:
+        tasks.start_soon(_send_events, websocket, services, project_id, cursor, sub, tasks.cancel_scope)
+        tasks.start_soon(_receive_messages, websocket, tasks.cancel_scope)
+        tasks.start_soon(_close_if_overflowed, websocket, sub, tasks.cancel_scope)
+
+
+def _handshake_refusal(websocket: WebSocket, config: PushConfig) -> JSONResponse | None:
+    try:
+        validation.project_id(websocket.path_params["project_id"])
+    except InvalidInput as exc:
+        return JSONResponse(exc.to_dict(), status_code=exc.http_status)
+    if not origin_allowed(websocket.scope, websocket.headers.get("origin"), config.allowed_origins):
+        return error_response(403, "origin_not_allowed", "this origin may not open a WebSocket here")
+    return None
+
+
+async def _send_events(
+    websocket: WebSocket,
+    services: _Services,
+    project_id: str,
+    cursor: Cursor | None,
+    sub: Subscription,
+    scope: anyio.CancelScope,
+) -> None:
+    try:
+        for message in await opening_messages(services, project_id, cursor, sub):
+            await websocket.send_text(message.text)
+        while True:
+            for message in await sub.next_batch():
+                await websocket.send_text(message.text)
+    except (WebSocketDisconnect, RuntimeError):
+        scope.cancel()
+
+
+async def _receive_messages(websocket: WebSocket, scope: anyio.CancelScope) -> None:
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            if message.get("bytes") is not None:
+                await _close(websocket, CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted")
+                break
+            text = message.get("text") or ""
+            if len(text) > MAX_INBOUND_BYTES or len(text.encode()) > MAX_INBOUND_BYTES:
+                await _close(websocket, CloseCode.MESSAGE_TOO_BIG, "messages are limited to 64 KiB")
+                break
+            await websocket.send_text(encode(client_reply(text)))
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    scope.cancel()
+
+
+async def _close_if_overflowed(websocket: WebSocket, sub: Subscription, scope: anyio.CancelScope) -> None:
+    await sub.overflowed.wait()
+    await _close(websocket, CloseCode.TRY_AGAIN_LATER, "too far behind; resume from your cursor")
+    scope.cancel()
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    # Without jobcast's protocol class, uvicorn may wait on a full socket even to close.
+    with anyio.move_on_after(2):
+        try:
+            await websocket.close(code, reason)
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+
+
+# -- Server-Sent Events -----------------------------------------------------------------
+
+
+class EventStream:
+    """``text/event-stream`` of the same messages; ``id: epoch:seq`` on transitions."""
+
+    def __init__(self, services: _Services, project_id: str, cursor: Cursor | None) -> None:
+        self.services = services
+        self.project_id = project_id
+        self.cursor = cursor
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
+        async with self.services.hub.subscribe(self.project_id) as sub, anyio.create_task_group() as tasks:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            tasks.start_soon(self._stream, send, sub, tasks.cancel_scope)
+            tasks.start_soon(_wait_for_disconnect, receive, tasks.cancel_scope)
+            tasks.start_soon(_cancel_on, sub.overflowed, tasks.cancel_scope)
+        with anyio.move_on_after(1):
+            try:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except OSError:
+                pass
+
+    async def _stream(self, send: Send, sub: Subscription, scope: anyio.CancelScope) -> None:
+        try:
+            opening = await opening_messages(self.services, self.project_id, self.cursor, sub)
+            await _send_chunk(send, b"retry: 2000\n\n" + b"".join(sse_frame(m) for m in opening))
+            while True:
+                with anyio.move_on_after(self.services.config.sse_keepalive) as idle:
+                    batch = await sub.next_batch()
+                if idle.cancelled_caught:
+                    await _send_chunk(send, b": keep-alive\n\n")
+                else:
+                    await _send_chunk(send, b"".join(sse_frame(m) for m in batch))
+        except OSError:
+            scope.cancel()
+
+
+def sse_frame(message: Message) -> bytes:
+    lines = [f"event: {message.type}"]
+    if message.event_id is not None:
+        lines.insert(0, f"id: {message.event_id}")
+    lines.append(f"data: {message.text}")
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+async def _send_chunk(send: Send, body: bytes) -> None:
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+async def _wait_for_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+async def _cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+async def event_stream(request: Request) -> EventStream:
+    """Starlette sends whatever ASGI callable a handler returns; EventStream is one."""
+    project_id = validation.project_id(request.path_params["project_id"])
+    cursor = parse_last_event_id(request.headers.get("last-event-id")) or parse_cursor(
+        request.query_params.get("epoch"), request.query_params.get("after")
+    )
+    return EventStream(_services(request.state), project_id, cursor)
+
+
+# -- long-poll ---------------------------------------------------------------------------------
+
+
+async def poll_events(request: Request) -> JSONResponse:
+    services = _services(request.state)
+    store = services.engine.store
+    project_id = validation.project_id(request.path_params["project_id"])
+    wait = validation.bounded_int("wait", request.query_params.get("wait"), default=25, low=0, high=MAX_WAIT_SECONDS)
+    cursor = parse_cursor(request.query_params.get("epoch"), request.query_params.get("after"))
+    decision = plan(
+        cursor, epoch=store.epoch, last_seq=await store.last_seq(project_id), history=services.config.history
+    )
+    if isinstance(decision, Snapshot):
+        state = await store.snapshot(project_id, list(services.engine.agents))
+        body: dict[str, Any] = {
+            "epoch": store.epoch,
+            "seq": state.seq,
+            "recovered": False,
+            "reason": decision.reason,
+            "snapshot": {"project_id": project_id, "agents": agents_state(state), "server_time": server_time()},
+            "events": [],
+        }
+    else:
+        events = await store.events_after(project_id, decision.after, _REPLAY_BATCH)
+        if not events and wait and await store.wait_for_events(project_id, decision.after, wait):
+            events = await store.events_after(project_id, decision.after, _REPLAY_BATCH)
+        seq = events[-1].seq if events else decision.after
+        body = {"epoch": store.epoch, "seq": seq, "recovered": True, "events": [e.to_dict() for e in events]}
+    body["progress"] = [p for p in services.hub.latest_progress(project_id) if p["seq"] <= body["seq"]]
+    return JSONResponse(body)
+
+
+ROUTES = [
+    WebSocketRoute("/ws/projects/{project_id}", project_socket),
+    Route("/api/projects/{project_id}/events/stream", event_stream, methods=["GET"]),
+    Route("/api/projects/{project_id}/events", poll_events, methods=["GET"]),
+]
