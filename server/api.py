@@ -88,6 +88,7 @@ async def healthz(request: Request) -> JSONResponse:
             "epoch": engine.store.epoch,
             "workers": engine.config.workers,
             "busy_workers": engine.busy_workers,
+            "subscribers": request.state.hub.subscriber_count,
         }
     )
 

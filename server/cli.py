@@ -8,9 +8,13 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .settings import Settings, build_serve_parser
+
+if TYPE_CHECKING:
+    import uvicorn
 
 logger = logging.getLogger("jobcast")
 
@@ -51,21 +55,29 @@ def run_server(app: object, settings: Settings) -> int:
     import uvicorn
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
-    from .protocol import JobcastWebSocketProtocol
-
-    uvicorn.run(
-        app,  # type: ignore[arg-type]
-        host=settings.host,
-        port=settings.port,
-        ws=JobcastWebSocketProtocol,
-        ws_ping_interval=settings.ping_interval,
-        ws_ping_timeout=settings.ping_timeout,
-        ws_max_size=64 * 1024,
-        ws_per_message_deflate=False,
-        log_level=settings.log_level,
-    )
+    uvicorn.Server(uvicorn_config(app, settings)).run()
     _exit_despite_stuck_agents()
     return 0
+
+
+def uvicorn_config(app: object, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """How jobcast runs on uvicorn: its WebSocket protocol, pings and 64 KiB inbound limit."""
+    import uvicorn
+
+    from .protocol import JobcastWebSocketProtocol
+
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "ws": JobcastWebSocketProtocol,
+        "ws_ping_interval": settings.ping_interval,
+        "ws_ping_timeout": settings.ping_timeout,
+        "ws_max_size": 64 * 1024,
+        "ws_per_message_deflate": False,
+        "log_level": settings.log_level,
+        **overrides,
+    }
+    return uvicorn.Config(app, **options)  # type: ignore[arg-type]
 
 
 def _exit_despite_stuck_agents() -> None:

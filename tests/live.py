@@ -1,0 +1,100 @@
+"""A real uvicorn server running the app in the test's own event loop.
+
+Real sockets and jobcast's own uvicorn configuration, but in-process, so tests can
+reach the engine and the class-level gates of the test agents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import httpx
+import uvicorn
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from server.app import create_app
+from server.cli import uvicorn_config
+from server.engine import Engine
+from server.hub import Hub
+from server.settings import Settings
+from tests.conftest import ALL_TEST_AGENTS, WAIT
+
+
+@dataclasses.dataclass
+class Live:
+    port: int
+    engine: Engine
+    hub: Hub
+    http: httpx.AsyncClient
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws_url(self, project_id: str, **query: Any) -> str:
+        params = "&".join(f"{key}={value}" for key, value in query.items())
+        return f"ws://127.0.0.1:{self.port}/ws/projects/{project_id}" + (f"?{params}" if params else "")
+
+    @contextlib.asynccontextmanager
+    async def ws(self, project_id: str, **kwargs: Any) -> AsyncIterator[ClientConnection]:
+        query = kwargs.pop("query", {})
+        async with websockets.connect(self.ws_url(project_id, **query), open_timeout=WAIT, **kwargs) as connection:
+            yield connection
+
+    async def start(self, project_id: str, agent: str) -> dict[str, Any]:
+        response = await self.http.post(f"/api/projects/{project_id}/agents/{agent}/refresh")
+        assert response.status_code in (200, 202), response.text
+        job: dict[str, Any] = response.json()["job"]
+        return job
+
+    async def wait_until(self, condition: Any) -> None:
+        """Wait for an in-process condition that has no event of its own (a counter)."""
+        with anyio.fail_after(WAIT):
+            while not condition():  # noqa: ASYNC110 - polling a counter, no event exists
+                await anyio.sleep(0.01)
+
+
+async def receive(connection: ClientConnection) -> dict[str, Any]:
+    with anyio.fail_after(WAIT):
+        message: dict[str, Any] = json.loads(await connection.recv())
+        return message
+
+
+async def receive_until(connection: ClientConnection, predicate: Any) -> list[dict[str, Any]]:
+    """Every message up to and including the first that satisfies ``predicate``."""
+    seen = []
+    while True:
+        message = await receive(connection)
+        seen.append(message)
+        if predicate(message):
+            return seen
+
+
+@contextlib.asynccontextmanager
+async def live_server(**overrides: Any) -> AsyncIterator[Live]:
+    values: dict[str, Any] = {"store": "memory://", "agents": ALL_TEST_AGENTS, "demo_seconds": 0.05, **overrides}
+    settings = Settings(**values)
+    app = create_app(settings)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(server.serve, [sock])
+        with anyio.fail_after(WAIT):
+            while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+                await anyio.sleep(0.01)
+        state = server.lifespan.state  # type: ignore[attr-defined]
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                yield Live(port=port, engine=state["engine"], hub=state["hub"], http=http)
+        finally:
+            server.should_exit = True
+    sock.close()
