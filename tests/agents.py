@@ -112,3 +112,24 @@ class _InstanceAgent:
 
 
 instance_agent = _InstanceAgent()
+
+
+class BigAgent:
+    """Completes at once with a 256 KiB result: fills a slow reader's socket quickly."""
+
+    name = "big"
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        return {"blob": "x" * 256 * 1024}
+
+
+class ChattyAgent:
+    """Reports progress 300 times in a tight loop, to show reports are coalesced."""
+
+    name = "chatty"
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        for step in range(300):
+            ctx.report(percent=step / 3, message=f"step {step}")
+            ctx.sleep(0.001)
+        return {"steps": 300}

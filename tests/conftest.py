@@ -86,6 +86,8 @@ ALL_TEST_AGENTS = (
     "tests.agents:BadResultAgent",
     "tests.agents:QuickAgent",
     "tests.agents:SleepyAgent",
+    "tests.agents:BigAgent",
+    "tests.agents:ChattyAgent",
     "agents.builtin:FinancialAgent",
     "agents.builtin:PerformanceAgent",
 )

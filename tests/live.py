@@ -86,15 +86,19 @@ async def live_server(**overrides: Any) -> AsyncIterator[Live]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
+    with sock:
+        async with _serving(server, sock) as state, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            yield Live(port=port, engine=state["engine"], hub=state["hub"], http=http)
+
+
+@contextlib.asynccontextmanager
+async def _serving(server: uvicorn.Server, sock: socket.socket) -> AsyncIterator[dict[str, Any]]:
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(server.serve, [sock])
         with anyio.fail_after(WAIT):
             while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
                 await anyio.sleep(0.01)
-        state = server.lifespan.state  # type: ignore[attr-defined]
         try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-                yield Live(port=port, engine=state["engine"], hub=state["hub"], http=http)
+            yield server.lifespan.state  # type: ignore[attr-defined]
         finally:
             server.should_exit = True
-    sock.close()
