@@ -439,3 +439,15 @@ async def test_sse_rejects_a_bad_project_with_json() -> None:
 
 
 __all__ = ["httpx"]
+
+
+async def test_an_overflowing_subscriber_is_closed_with_1013() -> None:
+    """When a subscriber's queue overflows, its socket is closed with 1013 (try again later)."""
+    async with live_server() as live, live.ws("p1") as ws:
+        await receive(ws)
+        [subscription] = live.hub._channels["p1"].subscribers
+        subscription.overflowed.set()  # what the fan-out does when the bound is passed
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await receive(ws)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
