@@ -65,8 +65,10 @@ def create_app(
         finally:
             await store.close()
 
-    return Starlette(
+    app = Starlette(
         routes=[*api.ROUTES, *push.ROUTES, *legacy.ROUTES],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # a 404 in JSON beats a bodyless redirect
+    return app

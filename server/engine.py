@@ -63,6 +63,8 @@ class Outcome:
 
     result: dict[str, Any] | None = None
     error: JobError | None = None
+    #: the agent stopped (raised) after the job was cancelled
+    cancelled: bool = False
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -243,7 +245,8 @@ class Engine:
         await self._conclude(run, JobStatus.TIMED_OUT, error=JobError(code="timed_out", message=message))
 
     async def _finish(self, run: _Run, outcome: Outcome) -> None:
-        if run.ctx.cancelled:
+        # An agent that returned a result finished before it noticed a cancel: keep the result.
+        if outcome.cancelled:
             error = JobError(code="cancelled", message="cancelled on request")
             await self._conclude(run, JobStatus.CANCELLED, error=error)
         elif outcome.error is not None:
@@ -322,7 +325,7 @@ def call_agent(agent: Agent, project_id: str, ctx: RunContext) -> Outcome:
         result = agent.refresh(project_id, ctx)
     except Exception as exc:
         if ctx.cancelled:
-            return Outcome()
+            return Outcome(cancelled=True)
         logger.exception("agent %r failed for project %r", agent.name, project_id)
         return Outcome(error=JobError(code="agent_error", message=str(exc) or type(exc).__name__))
     return checked_result(agent, result)

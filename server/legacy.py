@@ -55,7 +55,8 @@ def legacy_job(job: Job) -> dict[str, Any]:
         "job_id": job.job_id,
         "agent": job.agent,
         "project_id": job.project_id,
-        "started_at": isoformat(job.started_at or job.created_at),
+        # The old app's jobs started when accepted; one that never ran has no start.
+        "started_at": isoformat(job.started_at or (job.created_at if job.status.is_active else None)),
         "elapsed_s": job.elapsed_s(),
         "progress": job.progress.to_dict(),
         "job_status": job.status.value,

@@ -21,10 +21,9 @@ def project_id(value: str) -> str:
 def bounded_int(name: str, raw: str | None, *, default: int, low: int, high: int) -> int:
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidInput(f"invalid_{name}", f"{name} must be an integer, not {raw[:40]!r}") from None
+    if not raw.isdigit() or len(raw) > 9:
+        raise InvalidInput(f"invalid_{name}", f"{name} must be a whole number, not {raw[:40]!r}")
+    value = int(raw)
     if not low <= value <= high:
         raise InvalidInput(f"invalid_{name}", f"{name} must be between {low} and {high}")
     return value

@@ -92,6 +92,7 @@ async def test_legacy_routes_keep_the_old_contract(make_app: MakeApp) -> None:
         ("GET", "/api/jobs/does-not-exist", 404, "job_not_found"),
         ("GET", "/api/projects/p1/jobs?limit=0", 400, "invalid_limit"),
         ("GET", "/api/projects/p1/jobs?limit=abc", 400, "invalid_limit"),
+        ("GET", "/api/projects/p1/jobs?limit=1_0", 400, "invalid_limit"),
         ("GET", "/api/projects/p1/jobs?agent=nobody", 404, "unknown_agent"),
         ("POST", "/api/projects/p1/agents/quick/cancel", 409, "nothing_to_cancel"),
         ("GET", "/api/projects/p1/agents/quick/refresh", 405, "method_not_allowed"),
@@ -128,3 +129,10 @@ async def test_an_unexpected_error_is_json_without_a_traceback(make_app: MakeApp
         assert response.status_code == 500
         assert response.json()["error"]["code"] == "internal_error"
         assert "secret" not in response.text and "Traceback" not in response.text
+
+
+async def test_a_trailing_slash_is_a_json_404(make_app: MakeApp) -> None:
+    """No bodyless redirects: an unknown path, slash or not, is a JSON 404."""
+    async with make_app() as app:
+        response = await app.http.get("/api/projects/")
+        assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
