@@ -1,0 +1,1 @@
+"""jobcast's benchmark suite: ``python -m bench``. See docs/benchmarks.md."""

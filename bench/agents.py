@@ -1,0 +1,50 @@
+"""Agents for the benchmarks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents import Cancelled, Context
+
+
+class Instant:
+    """Finishes at once: three transitions (queued, running, completed) per job."""
+
+    name = "instant"
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        return {"project": project_id}
+
+
+class Busy:
+    """Holds a worker for ``--demo-seconds``, reporting as it goes (for responsiveness and polling)."""
+
+    name = "busy"
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        steps = 20
+        for step in range(steps):
+            ctx.report(percent=100 * step / steps, message=f"step {step}")
+            if ctx.sleep(ctx.demo_seconds / steps):
+                raise Cancelled
+        return {"project": project_id}
+
+
+class Pulse:
+    """Reports progress as fast as it may (coalesced to ten a second) until cancelled."""
+
+    name = "pulse"
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        step = 0
+        while not ctx.sleep(0.01):
+            step += 1
+            ctx.report(percent=step % 100, message="pulse")
+        raise Cancelled
+
+
+PULSE_COUNT = 16
+
+# Pulse0 .. Pulse15: one job per agent, so a sweep can run many pulses on one project.
+for _index in range(PULSE_COUNT):
+    globals()[f"Pulse{_index}"] = type(f"Pulse{_index}", (Pulse,), {"name": f"pulse{_index}"})

@@ -1,0 +1,99 @@
+"""Starting and measuring the servers under test, each in its own process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from bench.common import cpu_seconds, free_port, rss_bytes
+
+PULSE_AGENTS = [f"bench.agents:Pulse{i}" for i in range(16)]
+
+
+@dataclass
+class Server:
+    kind: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def rss(self) -> int:
+        return rss_bytes(self.process.pid)
+
+    @property
+    def cpu(self) -> float:
+        return cpu_seconds(self.process.pid)
+
+
+def server_command(kind: str, port: int, workers: int = 8, demo_seconds: float = 2.0) -> list[str]:
+    if kind == "jobcast":
+        agents = ["bench.agents:Instant", "bench.agents:Busy", *PULSE_AGENTS]
+        return [
+            sys.executable, "-m", "server", "serve", "--port", str(port), "--store", "memory://",
+            "--log-level", "warning", "--workers", str(workers), "--demo-seconds", str(demo_seconds),
+            "--send-buffer", "100000", *[arg for agent in agents for arg in ("--agent", agent)],
+        ]  # fmt: skip
+    return [sys.executable, "-m", "bench.peers", kind, str(port)]
+
+
+@contextlib.contextmanager
+def running(kind: str, **options: Any) -> Iterator[Server]:
+    port = free_port()
+    process = subprocess.Popen(server_command(kind, port, **options), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port, process)
+        yield Server(kind, port, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stderr.read().decode() if process.stderr else ''}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            time.sleep(0.2)  # the port accepts; give the app its lifespan start-up
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"server on {port} did not start")
+
+
+def run_loadgen(config: dict[str, Any], on_ready: Any = None, timeout: float = 300) -> dict[str, Any]:
+    """Run ``bench.loadgen`` in its own process; call ``on_ready`` once all clients are connected."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.loadgen", json.dumps(config)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdin and process.stdout
+    try:
+        line = process.stdout.readline()
+        if line.strip() != "READY":
+            raise RuntimeError(f"load generator failed before READY: {line!r}")
+        context = on_ready() if on_ready else None
+        process.stdin.write("GO\n")
+        process.stdin.flush()
+        result: dict[str, Any] = json.loads(process.stdout.readline())
+        process.wait(timeout)
+        result["_context"] = context
+        return result
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
