@@ -29,8 +29,15 @@ class Tally:
     delivered: int = 0
     out_of_order: int = 0
     done_clients: int = 0
-    all_done: asyncio.Event = field(default_factory=asyncio.Event)
     last_arrival: float = 0.0
+    target: int = 0
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def count(self, now: float) -> None:
+        self.delivered += 1
+        self.last_arrival = now
+        if self.delivered >= self.target:
+            self.reached.set()
 
 
 _UPDATED_AT = b'"updated_at":"'
@@ -87,8 +94,7 @@ class Client:
         stamp, seq = found
         now = time.time()
         self.tally.latencies.append(now - stamp)
-        self.tally.delivered += 1
-        self.tally.last_arrival = now
+        self.tally.count(now)
         if seq <= self.last_seq:
             self.tally.out_of_order += 1
         self.last_seq = seq
@@ -146,11 +152,13 @@ async def fanout(config: dict[str, Any]) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=30) as http:
         first_fire = time.time()
         for round_index in range(rounds):
-            target = 3 * (round_index + 1) * count
+            tally.target = 3 * (round_index + 1) * count
+            tally.reached = asyncio.Event()
             await fire(kind, port, driver, http)
-            deadline = time.monotonic() + config.get("round_timeout", 30)
-            while tally.delivered < target and time.monotonic() < deadline:
-                await asyncio.sleep(0.005)
+            try:
+                await asyncio.wait_for(tally.reached.wait(), config.get("round_timeout", 30))
+            except TimeoutError:
+                break  # reported as delivered < expected
     duration = max(1e-9, tally.last_arrival - first_fire)
     for client in [*clients, *([driver] if driver else [])]:
         if client.socket:

@@ -72,7 +72,9 @@ def socketio(port: int) -> None:
             await sio.emit("job", payload, room="bench")
 
     app = sio_module.ASGIApp(sio)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio", ws_per_message_deflate=False)
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio", ws_per_message_deflate=False
+    )
 
 
 def main() -> None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -65,6 +66,11 @@ class Message:
     text: str
     event_id: str | None = None
 
+    @functools.cached_property
+    def data(self) -> bytes:
+        """UTF-8, computed once however many subscribers write it."""
+        return self.text.encode()
+
 
 def encode(payload: dict[str, Any]) -> str:
     return json.dumps(payload, separators=(",", ":"))
@@ -75,12 +81,24 @@ def event_message(event: Event) -> Message:
 
 
 class Subscription:
-    """One subscriber's outgoing queue: bounded transitions, latest-value progress."""
+    """One subscriber's outgoing side: direct writes while it keeps up, a bounded queue when not.
+
+    While the subscriber is live, has nothing queued and its socket is below the
+    high-water mark, a message goes straight to ``writer`` (no task, no await). Otherwise
+    transitions queue, up to ``limit``, and progress keeps only its newest value per job;
+    ``on_backlog`` asks the transport to start draining. Past the bound, ``overflowed`` is
+    set and ``on_overflow`` asks the transport to close.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.last_seq = 0
         self.overflowed = anyio.Event()
+        self.writer: Callable[[bytes], bool] | None = None
+        self.on_backlog: Callable[[], object] | None = None
+        self.on_overflow: Callable[[], object] | None = None
+        #: true until the transport has sent the opening messages, and while it drains
+        self.holding = True
         self._transitions: collections.deque[tuple[int, Message]] = collections.deque()
         self._progress: dict[str, tuple[int, Message]] = {}
         self._wake = anyio.Event()
@@ -88,22 +106,41 @@ class Subscription:
     def push_event(self, seq: int, message: Message, job_id: str, final: bool) -> None:
         if seq <= self.last_seq or self.overflowed.is_set():
             return
-        if len(self._transitions) >= self.limit:
-            self.overflowed.set()
-            self._wake.set()
-            return
-        self._transitions.append((seq, message))
         self.last_seq = seq
         if final:
             self._progress.pop(job_id, None)
-        self._wake.set()
+        if self._write_now(message):
+            return
+        if len(self._transitions) >= self.limit:
+            self._overflow()
+            return
+        self._transitions.append((seq, message))
+        self._backlogged()
 
     def push_progress(self, job_id: str, seq: int, message: Message) -> None:
         # Progress about a transition this subscriber has not been given yet is dropped;
         # the job's next tick brings it once the transition is through.
-        if seq <= self.last_seq:
-            self._progress[job_id] = (seq, message)
-            self._wake.set()
+        if seq > self.last_seq or self.overflowed.is_set() or self._write_now(message):
+            return
+        self._progress[job_id] = (seq, message)
+        self._backlogged()
+
+    def _write_now(self, message: Message) -> bool:
+        if self.holding or self.writer is None or self._transitions or self._progress:
+            return False
+        return self.writer(message.data)
+
+    def _backlogged(self) -> None:
+        self._wake.set()
+        if self.on_backlog is not None and not self.holding:
+            self.holding = True  # the drainer owns the order until the queue is empty
+            self.on_backlog()
+
+    def _overflow(self) -> None:
+        self.overflowed.set()
+        self._wake.set()
+        if self.on_overflow is not None:
+            self.on_overflow()
 
     def rebase(self, seq: int) -> None:
         """The subscriber already has everything up to ``seq`` (from a snapshot or replay)."""
@@ -111,16 +148,24 @@ class Subscription:
             self._transitions.popleft()
         self.last_seq = max(self.last_seq, seq)
 
-    async def next_batch(self) -> list[Message]:
-        """Wait for something to send; transitions first, in order, then progress."""
-        while not (self._transitions or self._progress or self.overflowed.is_set()):
-            await self._wake.wait()
-            self._wake = anyio.Event()
+    def take_batch(self) -> list[Message]:
+        """Everything queued: transitions first, in order, then the newest progress per job."""
         batch = [message for _, message in self._transitions]
         batch.extend(message for _, message in self._progress.values())
         self._transitions.clear()
         self._progress.clear()
         return batch
+
+    async def next_batch(self) -> list[Message]:
+        """Wait for something queued (for transports that drain in a loop, like SSE)."""
+        while not (self._transitions or self._progress or self.overflowed.is_set()):
+            await self._wake.wait()
+            self._wake = anyio.Event()
+        return self.take_batch()
+
+    def release(self) -> None:
+        """The transport has sent everything it took; direct writes may resume."""
+        self.holding = False
 
 
 class Channel:

@@ -6,6 +6,11 @@ connection forever, even past the keepalive timeout. This subclass lets the clos
 frame join the backlog without waiting and aborts the transport if the buffer has not
 drained within the close timeout. ``jobcast serve`` uses it; plain
 ``uvicorn --factory`` still works, without this guarantee.
+
+It also offers the app an ASGI extension, ``jobcast.send_text_nowait``: a plain function
+that writes a text frame at once if the socket is below its high-water mark and
+returns False otherwise. The fan-out uses it the way ``websockets.broadcast()`` writes:
+no task switch and no await per subscriber, with a queue only for laggards.
 """
 
 from __future__ import annotations
@@ -18,7 +23,27 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 CLOSE_GRACE_SECONDS = 2.0
 
 
+#: The ASGI extension key under which the app finds the non-blocking writer.
+SEND_NOWAIT = "jobcast.send_text_nowait"
+
+
 class JobcastWebSocketProtocol(WebSocketsSansIOProtocol):
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:  # the app's task has been created but has not run yet
+            scope["extensions"][SEND_NOWAIT] = self.send_text_nowait
+
+    def send_text_nowait(self, data: bytes) -> bool:
+        """Write one text frame now, or return False if the socket is full or closing."""
+        if not self.handshake_complete or self.initial_response is not None:
+            return False
+        if not self.writable.is_set() or self.close_sent or self.disconnected or self.transport.is_closing():
+            return False
+        self.conn.send_text(data)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
+
     async def send(self, message: Any) -> None:
         if message["type"] == "websocket.close" and self.handshake_complete and not self.writable.is_set():
             # Queue the close frame behind the backlog instead of waiting for a reader that never comes.

@@ -20,6 +20,7 @@ from .engine import Engine
 from .errors import CloseCode, InvalidInput
 from .http_errors import error_response
 from .hub import Hub, Message, Subscription, encode, event_message, server_time
+from .protocol import SEND_NOWAIT
 from .views import agents_state
 
 logger = logging.getLogger(__name__)
@@ -138,10 +139,39 @@ async def project_socket(websocket: WebSocket) -> None:
     project_id = websocket.path_params["project_id"]
     cursor = parse_cursor(websocket.query_params.get("epoch"), websocket.query_params.get("after"))
     await websocket.accept()
-    async with services.hub.subscribe(project_id) as sub, anyio.create_task_group() as tasks:
-        tasks.start_soon(_send_events, websocket, services, project_id, cursor, sub, tasks.cancel_scope)
-        tasks.start_soon(_receive_messages, websocket, tasks.cancel_scope)
-        tasks.start_soon(_close_if_overflowed, websocket, sub, tasks.cancel_scope)
+    # The task group outlives the subscription, so the fan-out never starts a task in a closed group.
+    async with anyio.create_task_group() as tasks, services.hub.subscribe(project_id) as sub:
+        sub.writer = websocket.scope.get("extensions", {}).get(SEND_NOWAIT)
+        sub.on_backlog = lambda: tasks.start_soon(_drain, websocket, sub)
+        sub.on_overflow = lambda: tasks.start_soon(
+            _close, websocket, CloseCode.TRY_AGAIN_LATER, "too far behind; resume from your cursor"
+        )
+        if await _send_opening(websocket, services, project_id, cursor, sub):
+            tasks.start_soon(_drain, websocket, sub)  # whatever queued meanwhile, then direct writes
+            await _receive_messages(websocket)
+        tasks.cancel_scope.cancel()
+
+
+async def _send_opening(
+    websocket: WebSocket, services: _Services, project_id: str, cursor: Cursor | None, sub: Subscription
+) -> bool:
+    try:
+        for message in await opening_messages(services, project_id, cursor, sub):
+            await websocket.send_text(message.text)
+    except (WebSocketDisconnect, RuntimeError):
+        return False
+    return True
+
+
+async def _drain(websocket: WebSocket, sub: Subscription) -> None:
+    """Send a laggard's queue in order; once it is empty, go back to direct writes."""
+    try:
+        while batch := sub.take_batch():
+            for message in batch:
+                await websocket.send_text(message.text)
+    except (WebSocketDisconnect, RuntimeError):
+        return
+    sub.release()
 
 
 def _handshake_refusal(websocket: WebSocket, config: PushConfig) -> JSONResponse | None:
@@ -154,47 +184,23 @@ def _handshake_refusal(websocket: WebSocket, config: PushConfig) -> JSONResponse
     return None
 
 
-async def _send_events(
-    websocket: WebSocket,
-    services: _Services,
-    project_id: str,
-    cursor: Cursor | None,
-    sub: Subscription,
-    scope: anyio.CancelScope,
-) -> None:
-    try:
-        for message in await opening_messages(services, project_id, cursor, sub):
-            await websocket.send_text(message.text)
-        while True:
-            for message in await sub.next_batch():
-                await websocket.send_text(message.text)
-    except (WebSocketDisconnect, RuntimeError):
-        scope.cancel()
-
-
-async def _receive_messages(websocket: WebSocket, scope: anyio.CancelScope) -> None:
+async def _receive_messages(websocket: WebSocket) -> None:
+    """Answer client messages until the client leaves or breaks the rules."""
     try:
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
-                break
+                return
             if message.get("bytes") is not None:
                 await _close(websocket, CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted")
-                break
+                return
             text = message.get("text") or ""
             if len(text) > MAX_INBOUND_BYTES or len(text.encode()) > MAX_INBOUND_BYTES:
                 await _close(websocket, CloseCode.MESSAGE_TOO_BIG, "messages are limited to 64 KiB")
-                break
+                return
             await websocket.send_text(encode(client_reply(text)))
     except (WebSocketDisconnect, RuntimeError):
-        pass
-    scope.cancel()
-
-
-async def _close_if_overflowed(websocket: WebSocket, sub: Subscription, scope: anyio.CancelScope) -> None:
-    await sub.overflowed.wait()
-    await _close(websocket, CloseCode.TRY_AGAIN_LATER, "too far behind; resume from your cursor")
-    scope.cancel()
+        return
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import websockets
 
+from server.hub import Message
 from tests.agents import GatedAgent, StubbornAgent
 from tests.conftest import WAIT
 from tests.live import Live, live_server, receive, receive_until
@@ -443,10 +444,13 @@ __all__ = ["httpx"]
 
 async def test_an_overflowing_subscriber_is_closed_with_1013() -> None:
     """When a subscriber's queue overflows, its socket is closed with 1013 (try again later)."""
-    async with live_server() as live, live.ws("p1") as ws:
+    async with live_server(send_buffer=2) as live, live.ws("p1") as ws:
         await receive(ws)
         [subscription] = live.hub._channels["p1"].subscribers
-        subscription.overflowed.set()  # what the fan-out does when the bound is passed
+        subscription.writer = lambda data: False  # as if its socket were full
+        for seq in range(1, 5):  # one burst, before any drainer can run
+            subscription.push_event(seq, Message("job", "{}", f"e:{seq}"), "job", final=False)
+        assert subscription.overflowed.is_set()
         with pytest.raises(websockets.ConnectionClosed) as closed:
             while True:
                 await receive(ws)
