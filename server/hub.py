@@ -16,7 +16,7 @@ import functools
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -90,10 +90,15 @@ class Subscription:
     set and ``on_overflow`` asks the transport to close.
     """
 
+    # One per connection, 10k at a time: slots, and events made only when someone waits.
+    __slots__ = (
+        "limit", "last_seq", "writer", "on_backlog", "on_overflow", "holding",
+        "_transitions", "_progress", "_wake", "_overflowed",
+    )  # fmt: skip
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.last_seq = 0
-        self.overflowed = anyio.Event()
         self.writer: Callable[[bytes], bool] | None = None
         self.on_backlog: Callable[[], object] | None = None
         self.on_overflow: Callable[[], object] | None = None
@@ -101,10 +106,21 @@ class Subscription:
         self.holding = True
         self._transitions: collections.deque[tuple[int, Message]] = collections.deque()
         self._progress: dict[str, tuple[int, Message]] = {}
-        self._wake = anyio.Event()
+        self._wake: anyio.Event | None = None
+        self._overflowed: anyio.Event | None = None
+
+    @property
+    def overflowed(self) -> anyio.Event:
+        if self._overflowed is None:
+            self._overflowed = anyio.Event()
+        return self._overflowed
+
+    def _set_wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
 
     def push_event(self, seq: int, message: Message, job_id: str, final: bool) -> None:
-        if seq <= self.last_seq or self.overflowed.is_set():
+        if seq <= self.last_seq or self._is_overflowed():
             return
         self.last_seq = seq
         if final:
@@ -120,7 +136,7 @@ class Subscription:
     def push_progress(self, job_id: str, seq: int, message: Message) -> None:
         # Progress about a transition this subscriber has not been given yet is dropped;
         # the job's next tick brings it once the transition is through.
-        if seq > self.last_seq or self.overflowed.is_set() or self._write_now(message):
+        if seq > self.last_seq or self._is_overflowed() or self._write_now(message):
             return
         self._progress[job_id] = (seq, message)
         self._backlogged()
@@ -130,15 +146,18 @@ class Subscription:
             return False
         return self.writer(message.data)
 
+    def _is_overflowed(self) -> bool:
+        return self._overflowed is not None and self._overflowed.is_set()
+
     def _backlogged(self) -> None:
-        self._wake.set()
+        self._set_wake()
         if self.on_backlog is not None and not self.holding:
             self.holding = True  # the drainer owns the order until the queue is empty
             self.on_backlog()
 
     def _overflow(self) -> None:
         self.overflowed.set()
-        self._wake.set()
+        self._set_wake()
         if self.on_overflow is not None:
             self.on_overflow()
 
@@ -158,9 +177,9 @@ class Subscription:
 
     async def next_batch(self) -> list[Message]:
         """Wait for something queued (for transports that drain in a loop, like SSE)."""
-        while not (self._transitions or self._progress or self.overflowed.is_set()):
-            await self._wake.wait()
+        while not (self._transitions or self._progress or self._is_overflowed()):
             self._wake = anyio.Event()
+            await self._wake.wait()
         return self.take_batch()
 
     def release(self) -> None:
@@ -231,21 +250,37 @@ class Hub:
     @contextlib.asynccontextmanager
     async def subscribe(self, project_id: str) -> AsyncIterator[Subscription]:
         """Join the project's channel; live events queue up from the moment this returns."""
+        subscription = Subscription(self._send_buffer)
+        try:
+            await self.join(project_id, subscription)
+            yield subscription
+        finally:
+            self.leave(project_id, subscription)
+
+    async def join(self, project_id: str, subscription: Subscription) -> None:
+        """Like :meth:`subscribe` without a context manager; pair it with :meth:`leave`."""
         channel = self._channels.get(project_id)
         if channel is None:
             channel = self._channels[project_id] = Channel(project_id, self.store)
             self._task_group.start_soon(self._run_channel, channel, name=f"channel {project_id}")
-        subscription = Subscription(self._send_buffer)
         channel.subscribers.add(subscription)  # before waiting, so the channel cannot close under us
-        try:
-            await channel.ready.wait()
-            yield subscription
-        finally:
-            channel.subscribers.discard(subscription)
-            if not channel.subscribers:
-                channel.scope.cancel()
-                if self._channels.get(project_id) is channel:
-                    del self._channels[project_id]
+        await channel.ready.wait()
+
+    def leave(self, project_id: str, subscription: Subscription) -> None:
+        channel = self._channels.get(project_id)
+        if channel is None or subscription not in channel.subscribers:
+            return
+        channel.subscribers.discard(subscription)
+        if not channel.subscribers:
+            channel.scope.cancel()
+            del self._channels[project_id]
+
+    def new_subscription(self) -> Subscription:
+        return Subscription(self._send_buffer)
+
+    def spawn(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Run a connection's helper (a drainer, a close) in the app's task group."""
+        self._task_group.start_soon(function, *args)
 
     def add_latest_progress(self, project_id: str, subscription: Subscription) -> None:
         """After a snapshot or resume, hand the subscriber each running job's latest progress."""
