@@ -1,14 +1,20 @@
-"""The load generator: many WebSocket subscribers in one process, apart from the server.
+"""The load generator: many subscribers in one process, apart from the server.
 
-``python -m bench.loadgen CONFIG_JSON``. It connects every client, prints ``READY``,
-waits for ``GO`` on stdin (so the orchestrator can read the server's idle memory),
-fires the rounds, and prints one JSON line of results. Every loop has a deadline.
+``python -m bench.loadgen CONFIG_JSON``. It connects every client and prints ``READY``.
+Then each line on stdin, ``RUN`` or ``QUIT``, starts one measured run (one JSON line of
+results on stdout) or ends it, so the orchestrator can read the server's memory and CPU
+between runs. Every wait has a deadline.
+
+Modes: ``fanout`` (rounds of three transitions to N subscribers), ``sweep`` (progress
+or broadcasts at a fixed rate), ``watch`` (push against 3 s polling), ``status``
+(latency of the quick status GET).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,18 +32,38 @@ CONNECT_CONCURRENCY = 200
 class Tally:
     expected_per_client: int = 0
     latencies: list[float] = field(default_factory=list)
+    progress_latencies: list[float] = field(default_factory=list)
     delivered: int = 0
     out_of_order: int = 0
     done_clients: int = 0
     last_arrival: float = 0.0
     target: int = 0
     reached: asyncio.Event = field(default_factory=asyncio.Event)
+    bytes_received: int = 0
+    #: parse transitions fully (for progress and finish times); off in fanout, to keep the client cheap
+    track_jobs: bool = False
 
     def count(self, now: float) -> None:
         self.delivered += 1
         self.last_arrival = now
         if self.delivered >= self.target:
             self.reached.set()
+
+    def reset(self, expected_per_client: int) -> None:
+        self.expected_per_client = expected_per_client
+        self.latencies = []
+        self.progress_latencies = []
+        self.delivered = self.out_of_order = self.done_clients = self.bytes_received = 0
+
+
+def summary(values_s: list[float]) -> dict[str, float]:
+    ms = [value * 1000 for value in values_s]
+    return {
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
+        "max_ms": max(ms, default=float("nan")),
+        "samples": len(ms),
+    }
 
 
 _UPDATED_AT = b'"updated_at":"'
@@ -65,6 +91,8 @@ class Client:
         self.last_seq = 0
         self.socket: RawWebSocket | None = None
         self.greeted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.started_at: dict[str, float] = {}
+        self.finished_at: dict[str, float] = {}
 
     @property
     def path(self) -> str:
@@ -88,6 +116,10 @@ class Client:
                 return
             if not text.startswith(b"42"):
                 return
+        self.tally.bytes_received += len(text) + 2
+        if text.startswith(b'{"type":"progress"'):
+            self._on_progress(text)
+            return
         found = stamp_and_seq(text)
         if found is None:
             return
@@ -101,6 +133,22 @@ class Client:
         self.received += 1
         if self.received == self.tally.expected_per_client:
             self.tally.done_clients += 1
+        if self.tally.track_jobs and self.kind == "jobcast":
+            self._on_job(text, now)
+
+    def _on_job(self, text: bytes, now: float) -> None:
+        job = json.loads(text)["job"]
+        if job["status"] == "running":
+            self.started_at[job["job_id"]] = parse_iso(job["started_at"])
+        elif job["finished_at"]:
+            self.finished_at[job["job_id"]] = now
+            self.started_at.pop(job["job_id"], None)
+
+    def _on_progress(self, text: bytes) -> None:
+        message = json.loads(text)
+        started = self.started_at.get(message["job_id"])
+        if started is not None:
+            self.tally.progress_latencies.append(time.time() - (started + message["elapsed_s"]))
 
     def _greet(self, socket: RawWebSocket, text: bytes) -> None:
         """The first message: jobcast's snapshot, the ceiling's hello, or Socket.IO's handshake."""
@@ -123,67 +171,209 @@ async def connect_all(clients: list[Client]) -> None:
     await asyncio.gather(*(one(client) for client in clients))
 
 
-async def fire(kind: str, port: int, driver: Client | None, http: httpx.AsyncClient) -> None:
+async def fire(kind: str, port: int, driver: Client | None, http: httpx.AsyncClient, command: str = "fire 1") -> None:
     if kind == "jobcast":
         response = await http.post(f"http://127.0.0.1:{port}/api/projects/bench/agents/instant/refresh")
         assert response.status_code == 202, response.text
-    elif kind == "socketio":
-        assert driver and driver.socket
-        driver.socket.send_text('42["fire",1]')
+        return
+    assert driver and driver.socket
+    if kind == "socketio":
+        name, *arguments = command.split()
+        driver.socket.send_text("42" + json.dumps([name, *(int(x) for x in arguments)]))
     else:
-        assert driver and driver.socket
-        driver.socket.send_text("fire 1")
+        driver.socket.send_text(command)
 
 
-async def fanout(config: dict[str, Any]) -> dict[str, Any]:
-    kind, port, count, rounds = config["kind"], config["port"], config["clients"], config["rounds"]
-    tally = Tally(expected_per_client=3 * rounds)
-    clients = [Client(kind, port, tally) for _ in range(count)]
+async def next_command() -> str:
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    return line.strip()
+
+
+def emit(result: dict[str, Any]) -> None:
+    print(json.dumps(result), flush=True)
+
+
+async def subscribers(config: dict[str, Any], tally: Tally) -> tuple[list[Client], Client | None, float]:
+    kind, port = config["kind"], config["port"]
+    clients = [Client(kind, port, tally) for _ in range(config["clients"])]
     started = time.monotonic()
     await connect_all(clients)
     driver = None
     if kind != "jobcast":
         driver = Client(kind, port, Tally())
         await driver.connect()
-    connect_seconds = time.monotonic() - started
-    print("READY", flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    return clients, driver, time.monotonic() - started
 
+
+async def fanout(config: dict[str, Any]) -> None:
+    """Rounds of one job (three transitions) each, every subscriber receiving every one."""
+    kind, port, count, rounds = config["kind"], config["port"], config["clients"], config["rounds"]
+    tally = Tally()
+    clients, driver, connect_seconds = await subscribers(config, tally)
+    print("READY", flush=True)
     async with httpx.AsyncClient(timeout=30) as http:
-        first_fire = time.time()
-        for round_index in range(rounds):
-            tally.target = 3 * (round_index + 1) * count
-            tally.reached = asyncio.Event()
-            await fire(kind, port, driver, http)
-            try:
-                await asyncio.wait_for(tally.reached.wait(), config.get("round_timeout", 30))
-            except TimeoutError:
-                break  # reported as delivered < expected
-    duration = max(1e-9, tally.last_arrival - first_fire)
-    for client in [*clients, *([driver] if driver else [])]:
+        while await next_command() == "RUN":
+            tally.reset(3 * rounds)
+            for client in clients:
+                client.received = 0
+            first_fire = time.time()
+            for round_index in range(rounds):
+                tally.target = 3 * (round_index + 1) * count
+                tally.reached = asyncio.Event()
+                await fire(kind, port, driver, http)
+                try:
+                    await asyncio.wait_for(tally.reached.wait(), config.get("round_timeout", 30))
+                except TimeoutError:
+                    break  # reported as delivered < expected
+            emit(
+                {
+                    "connect_s": round(connect_seconds, 2),
+                    "expected": 3 * rounds * count,
+                    "delivered": tally.delivered,
+                    "complete_clients": tally.done_clients,
+                    "out_of_order": tally.out_of_order,
+                    "msgs_per_s": tally.delivered / max(1e-9, tally.last_arrival - first_fire),
+                    **summary(tally.latencies),
+                }
+            )
+    close_all([*clients, *([driver] if driver else [])])
+
+
+async def sweep(config: dict[str, Any]) -> None:
+    """Messages at a fixed rate per subscriber, for ``seconds``: progress (jobcast) or broadcasts (peers)."""
+    kind, port = config["kind"], config["port"]
+    tally = Tally(track_jobs=True)
+    clients, driver, _ = await subscribers(config, tally)
+    print("READY", flush=True)
+    async with httpx.AsyncClient(timeout=30) as http:
+        while (command := await next_command()).startswith("RUN"):
+            rate = int(command.split()[1])  # messages per second to each subscriber
+            tally.reset(0)
+            started = time.time()
+            await start_rate(kind, port, driver, http, rate, config["seconds"])
+            await asyncio.sleep(config["seconds"])  # the load runs for a fixed window by design
+            await stop_rate(kind, port, http, rate)
+            elapsed = time.time() - started
+            received = len(tally.progress_latencies) + len(tally.latencies)
+            emit(
+                {
+                    "rate_per_subscriber": rate,
+                    "msgs_per_s": received / elapsed,
+                    **summary(tally.progress_latencies or tally.latencies),
+                }
+            )
+    close_all([*clients, *([driver] if driver else [])])
+
+
+async def start_rate(
+    kind: str, port: int, driver: Client | None, http: httpx.AsyncClient, rate: int, seconds: float
+) -> None:
+    if kind == "jobcast":
+        for index in range(rate // 10):  # each pulse job sends ten progress messages a second
+            await http.post(f"http://127.0.0.1:{port}/api/projects/bench/agents/pulse{index}/refresh")
+        return
+    await fire(kind, port, driver, http, f"rate {rate} {int(seconds * 1000)}")
+
+
+async def stop_rate(kind: str, port: int, http: httpx.AsyncClient, rate: int) -> None:
+    if kind == "jobcast":
+        for index in range(rate // 10):
+            await http.post(f"http://127.0.0.1:{port}/api/projects/bench/agents/pulse{index}/cancel")
+
+
+async def watch(config: dict[str, Any]) -> None:
+    """The old app's 3 s polling loop against jobcast's WebSocket, on the same jobs."""
+    port, count, period = config["port"], config["clients"], config.get("poll_period", 3.0)
+    tally = Tally(track_jobs=True)
+    clients = [Client("jobcast", port, tally) for _ in range(count)]
+    await connect_all(clients)
+    print("READY", flush=True)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", timeout=30, limits=httpx.Limits(max_connections=count)
+    ) as http:
+        while await next_command() == "RUN":
+            tally.reset(0)
+            for client in clients:
+                client.finished_at = {}
+            job = (await http.post("/api/projects/bench/agents/busy/refresh")).json()["job"]
+            polls = await asyncio.gather(*(poll_until_done(http, period, job["job_id"]) for _ in range(count)))
+            finished_at = parse_iso((await http.get(f"/api/jobs/{job['job_id']}")).json()["finished_at"])
+            await asyncio.wait_for(wait_all_saw(clients, job["job_id"]), 30)
+            push_delays = [client.finished_at[job["job_id"]] - finished_at for client in clients]
+            poll_delays = [seen - finished_at for seen, _, _ in polls]
+            emit(
+                {
+                    "push": {
+                        **summary(push_delays),
+                        "requests_per_job": 1,
+                        "bytes_per_job_per_client": tally.bytes_received / count,
+                    },
+                    "poll": {
+                        **summary(poll_delays),
+                        "requests_per_job": sum(requests for _, requests, _ in polls) + 1,
+                        "bytes_per_job_per_client": sum(size for _, _, size in polls) / count,
+                    },
+                }
+            )
+    close_all(clients)
+
+
+async def poll_until_done(http: httpx.AsyncClient, period: float, job_id: str) -> tuple[float, int, int]:
+    """One old-style client: poll processing_status every ``period`` seconds from a random phase."""
+    await asyncio.sleep(random.uniform(0, period))
+    requests = size = 0
+    while True:
+        response = await http.get("/busy_agent/processing_status/bench")
+        requests += 1
+        size += len(response.content) + sum(len(k) + len(v) + 4 for k, v in response.headers.raw)
+        body = response.json()
+        if body.get("job_id") == job_id and body["status"] in ("completed", "failed"):
+            return time.time(), requests, size
+        await asyncio.sleep(period)
+
+
+async def wait_all_saw(clients: list[Client], job_id: str) -> None:
+    while not all(job_id in client.finished_at for client in clients):  # noqa: ASYNC110 - many clients, no shared event
+        await asyncio.sleep(0.01)
+
+
+async def status(config: dict[str, Any]) -> None:
+    """Latency of GET /api/projects/{id}, one request at a time, as a dashboard's fallback makes it."""
+    port, requests = config["port"], config["requests"]
+    print("READY", flush=True)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        while (command := await next_command()).startswith("RUN"):
+            busy = command == "RUN busy"
+            if busy:
+                for index in range(config["workers"]):
+                    await http.post(f"/api/projects/busy{index}/agents/busy/refresh")
+                health = (await http.get("/healthz")).json()
+                assert health["busy_workers"] == config["workers"], health
+            latencies = []
+            for _ in range(requests):
+                started = time.perf_counter()
+                response = await http.get("/api/projects/bench")
+                latencies.append(time.perf_counter() - started)
+                assert response.status_code == 200
+            if busy:
+                for index in range(config["workers"]):
+                    await http.post(f"/api/projects/busy{index}/agents/busy/cancel")
+            emit(summary(latencies))
+
+
+def close_all(clients: list[Client]) -> None:
+    for client in clients:
         if client.socket:
             client.socket.close()
-    latencies_ms = [value * 1000 for value in tally.latencies]
-    return {
-        "kind": kind,
-        "clients": count,
-        "connect_s": round(connect_seconds, 2),
-        "expected": 3 * rounds * count,
-        "delivered": tally.delivered,
-        "complete_clients": tally.done_clients,
-        "out_of_order": tally.out_of_order,
-        "p50_ms": percentile(latencies_ms, 50),
-        "p99_ms": percentile(latencies_ms, 99),
-        "max_ms": max(latencies_ms, default=float("nan")),
-        "msgs_per_s": tally.delivered / duration,
-    }
+
+
+MODES = {"fanout": fanout, "sweep": sweep, "watch": watch, "status": status}
 
 
 def main() -> None:
     raise_fd_limit()
     config = json.loads(sys.argv[1])
-    result = asyncio.run(asyncio.wait_for(fanout(config), timeout=config.get("timeout", 240)))
-    print(json.dumps(result), flush=True)
+    asyncio.run(asyncio.wait_for(MODES[config["mode"]](config), timeout=config.get("timeout", 280)))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,16 @@ def rounds(count: int, start_seq: int) -> Iterator[dict[str, Any]]:
     """Three transitions per round, each stamped just before it is sent, as jobcast stamps its own."""
     for i in range(count * 3):
         yield transition_like(start_seq + i, STATUSES[i % 3])
+
+
+async def at_rate(rate: int, milliseconds: int, send: Any) -> None:
+    """Call ``send(payload)`` ``rate`` times a second for the given time, on schedule."""
+    interval, start = 1 / rate, time.monotonic()
+    for index in range(int(rate * milliseconds / 1000)):
+        delay = start + index * interval - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await send(transition_like(index + 1, "running"))
 
 
 async def ceiling(port: int) -> None:
@@ -39,7 +50,14 @@ async def ceiling(port: int) -> None:
         try:
             await connection.send('{"type":"hello"}')
             async for message in connection:
-                if isinstance(message, str) and message.startswith("fire"):
+                if isinstance(message, str) and message.startswith("rate"):
+                    rate, milliseconds = (int(x) for x in message.split()[1:])
+
+                    async def send(payload: dict[str, Any]) -> None:
+                        broadcast(clients, json.dumps(payload, separators=(",", ":")))
+
+                    asyncio.ensure_future(at_rate(rate, milliseconds, send))
+                elif isinstance(message, str) and message.startswith("fire"):
                     for payload in rounds(int(message.split()[1]), seq + 1):
                         seq = payload["seq"]
                         broadcast(clients, json.dumps(payload, separators=(",", ":")))
@@ -70,6 +88,13 @@ def socketio(port: int) -> None:
         for payload in rounds(int(count), seq + 1):
             seq = payload["seq"]
             await sio.emit("job", payload, room="bench")
+
+    @sio.on("rate")
+    async def rate(sid: str, rate: int, milliseconds: int) -> None:
+        async def send(payload: dict[str, Any]) -> None:
+            await sio.emit("job", payload, room="bench")
+
+        sio.start_background_task(at_rate, int(rate), int(milliseconds), send)
 
     app = sio_module.ASGIApp(sio)
     uvicorn.run(

@@ -72,28 +72,52 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
     raise RuntimeError(f"server on {port} did not start")
 
 
-def run_loadgen(config: dict[str, Any], on_ready: Any = None, timeout: float = 300) -> dict[str, Any]:
-    """Run ``bench.loadgen`` in its own process; call ``on_ready`` once all clients are connected."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.loadgen", json.dumps(config)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdin and process.stdout
-    try:
-        line = process.stdout.readline()
+class LoadGen:
+    """A ``bench.loadgen`` process: connected once, then driven run by run."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.loadgen", json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        line = self._readline()
         if line.strip() != "READY":
+            self.close()
             raise RuntimeError(f"load generator failed before READY: {line!r}")
-        context = on_ready() if on_ready else None
-        process.stdin.write("GO\n")
-        process.stdin.flush()
-        result: dict[str, Any] = json.loads(process.stdout.readline())
-        process.wait(timeout)
-        result["_context"] = context
+
+    def _readline(self) -> str:
+        assert self.process.stdout
+        return self.process.stdout.readline()
+
+    def run(self, command: str = "RUN") -> dict[str, Any]:
+        assert self.process.stdin
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        line = self._readline()
+        if not line:
+            raise RuntimeError(f"load generator died during {command!r}")
+        result: dict[str, Any] = json.loads(line)
         return result
+
+    def close(self) -> None:
+        if self.process.poll() is None and self.process.stdin:
+            with contextlib.suppress(BrokenPipeError):
+                self.process.stdin.write("QUIT\n")
+                self.process.stdin.flush()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+@contextlib.contextmanager
+def loadgen(config: dict[str, Any]) -> Iterator[LoadGen]:
+    generator = LoadGen(config)
+    try:
+        yield generator
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(5)
+        generator.close()
