@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
 import socket
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run on uvloop where it is installed: every process of the benchmark runs on the same loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def raise_fd_limit() -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import parse_iso, percentile, raise_fd_limit
+from bench.common import parse_iso, percentile, raise_fd_limit, run
 from bench.rawws import RawWebSocket, connect
 
 CONNECT_CONCURRENCY = 200
@@ -373,7 +373,7 @@ MODES = {"fanout": fanout, "sweep": sweep, "watch": watch, "status": status}
 def main() -> None:
     raise_fd_limit()
     config = json.loads(sys.argv[1])
-    asyncio.run(asyncio.wait_for(MODES[config["mode"]](config), timeout=config.get("timeout", 280)))
+    run(asyncio.wait_for(MODES[config["mode"]](config), timeout=config.get("timeout", 280)))
 
 
 if __name__ == "__main__":

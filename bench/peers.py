@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from bench.common import raise_fd_limit, transition_like
+from bench.common import raise_fd_limit, run, transition_like
 
 STATUSES = ("queued", "running", "completed")
 
@@ -106,7 +106,7 @@ def main() -> None:
     raise_fd_limit()
     kind, port = sys.argv[1], int(sys.argv[2])
     if kind == "ceiling":
-        asyncio.run(ceiling(port))
+        run(ceiling(port))
     elif kind == "socketio":
         socketio(port)
     else:
