@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 
 from agents import Agent
 
-from . import api, legacy, push
+from . import api, legacy, pages, push
 from .engine import Engine, EngineConfig
 from .http_errors import EXCEPTION_HANDLERS
 from .hub import Hub
@@ -66,7 +66,7 @@ def create_app(
             await store.close()
 
     app = Starlette(
-        routes=[*api.ROUTES, *push.ROUTES, *legacy.ROUTES],
+        routes=[*api.ROUTES, *push.ROUTES, *pages.ROUTES, *legacy.ROUTES],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

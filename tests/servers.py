@@ -36,8 +36,10 @@ def jobcast_command() -> list[str]:
 
 
 class JobcastServer:
-    def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(
+        self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None, port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -86,8 +88,10 @@ class JobcastServer:
 
 
 @contextlib.contextmanager
-def jobcast_server(args: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> Iterator[JobcastServer]:
-    server = JobcastServer(args, log_path, env)
+def jobcast_server(
+    args: Sequence[str], log_path: Path, env: dict[str, str] | None = None, port: int | None = None
+) -> Iterator[JobcastServer]:
+    server = JobcastServer(args, log_path, env, port)
     try:
         server.wait_ready()
         yield server

@@ -1,0 +1,34 @@
+"""The dashboard: two static pages and their modules, shipped inside the package.
+
+No build step and nothing from a CDN: the pages work offline. The project page reads
+its project id from its own URL; the server only checks that the id is valid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import FileResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from . import validation
+
+WEB = Path(__file__).with_name("web")
+
+
+async def home(request: Request) -> FileResponse:
+    return FileResponse(WEB / "index.html", headers={"cache-control": "no-cache"})
+
+
+async def project(request: Request) -> FileResponse:
+    validation.project_id(request.path_params["project_id"])
+    return FileResponse(WEB / "project.html", headers={"cache-control": "no-cache"})
+
+
+ROUTES = [
+    Route("/", home, methods=["GET"]),
+    Route("/projects/{project_id}", project, methods=["GET"]),
+    Mount("/static", StaticFiles(directory=WEB / "static"), name="static"),
+]

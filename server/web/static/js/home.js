@@ -1,0 +1,35 @@
+// The home page: projects that have jobs, with each agent's current state, and a box to open one.
+
+import { el } from "./render.js";
+
+const PROJECT_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+
+document.getElementById("open").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const id = document.getElementById("project-id").value.trim();
+  const error = document.getElementById("open-error");
+  if (!PROJECT_ID.test(id)) {
+    error.hidden = false;
+    error.textContent = "A project id is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit.";
+    return;
+  }
+  location.href = `/projects/${encodeURIComponent(id)}`;
+});
+
+async function load() {
+  const { projects } = await (await fetch("/api/projects")).json();
+  document.getElementById("empty").hidden = projects.length > 0;
+  const list = document.getElementById("projects");
+  for (const id of projects.slice(0, 100)) {
+    const item = el("li", {}, el("a", { href: `/projects/${encodeURIComponent(id)}`, text: id }));
+    list.append(item);
+    const status = await (await fetch(`/api/projects/${encodeURIComponent(id)}`)).json();
+    const badges = Object.entries(status.agents).map(([name, entry]) => {
+      const state = entry.job ? entry.job.status : "idle";
+      return el("span", { class: "badge", "data-state": state, text: `${name}: ${state.replace("_", " ")}` });
+    });
+    item.append(el("span", { class: "states" }, ...badges));
+  }
+}
+
+load();

@@ -1,0 +1,91 @@
+// The project page: wires the connection, the state and the cards together.
+
+import { apply, cursor, initialState } from "./state.js";
+import { Connection } from "./transport.js";
+import { el, ensureCards, updateCard } from "./render.js";
+
+const projectId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
+let state = initialState(projectId);
+
+const cards = document.getElementById("cards");
+const live = document.getElementById("announcer");
+const toasts = document.getElementById("toasts");
+
+document.title = `${projectId} · jobcast`;
+document.getElementById("project-name").textContent = projectId;
+
+const connection = new Connection({
+  projectId,
+  getCursor: () => cursor(state),
+  onMessage,
+  onStatus: (status, transport) => {
+    document.body.dataset.connection = status;
+    document.body.dataset.transport = transport;
+    document.getElementById("connection").textContent = CONNECTION_TEXT[status](transport);
+  },
+});
+
+const CONNECTION_TEXT = {
+  connecting: (transport) => `Connecting (${transport})…`,
+  live: () => "Live",
+  fallback: (transport) => `Live over ${transport === "sse" ? "Server-Sent Events" : "long-poll"}`,
+  offline: () => "Offline, reconnecting…",
+};
+
+function onMessage(message) {
+  const before = state;
+  const { state: next, effects } = apply(state, message);
+  state = next;
+  ensureCards(cards, Object.keys(state.agents), { refresh, cancel });
+  render();
+  for (const effect of effects) notify(effect);
+  announceChanges(before, next);
+}
+
+function render(nowMs = Date.now()) {
+  for (const name of Object.keys(state.agents)) {
+    const card = cards.querySelector(`[data-agent="${CSS.escape(name)}"]`);
+    if (card) updateCard(card, state, name, nowMs);
+  }
+}
+
+function announceChanges(before, after) {
+  for (const [name, entry] of Object.entries(after.agents)) {
+    const was = before.agents[name]?.job?.status;
+    const now = entry.job?.status;
+    if (now && was !== now && before.epoch !== null) live.textContent = `${name}: ${now.replace("_", " ")}`;
+  }
+}
+
+function notify(effect) {
+  const good = effect.status === "completed";
+  const text = good
+    ? `${effect.agent} finished`
+    : `${effect.agent} ${effect.status.replace("_", " ")}${effect.error ? `: ${effect.error.message}` : ""}`;
+  const toast = el("div", { class: `toast ${good ? "ok" : "bad"}`, role: "status", "data-job": effect.jobId, "data-status": effect.status, text });
+  toasts.append(toast);
+  setTimeout(() => toast.remove(), 8000);
+}
+
+async function post(name, action) {
+  const response = await fetch(`/api/projects/${encodeURIComponent(projectId)}/agents/${encodeURIComponent(name)}/${action}`, { method: "POST" });
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    const message = body.error?.message ?? `the server answered ${response.status}`;
+    toasts.append(el("div", { class: "toast bad", role: "alert", text: `${name}: ${message}` }));
+  }
+}
+
+function refresh(name) {
+  // Disable at once, so a double click cannot start a duplicate; the pushed state re-enables it.
+  cards.querySelector(`[data-agent="${CSS.escape(name)}"] [data-role="refresh"]`).disabled = true;
+  post(name, "refresh").finally(() => render());
+}
+
+function cancel(name) {
+  post(name, "cancel");
+}
+
+setInterval(render, 250); // elapsed time ticks from started_at and the server clock offset
+connection.start();
+window.jobcast = { get state() { return state; }, connection };

@@ -1,0 +1,136 @@
+// The dashboard's state, and the one pure function that changes it: apply(state, message).
+// No DOM and no I/O here, so the rules can be tested on their own.
+
+export const FINAL = new Set(["completed", "failed", "cancelled", "timed_out"]);
+export const ACTIVE = new Set(["queued", "running"]);
+
+export function initialState(projectId) {
+  return {
+    projectId,
+    epoch: null,
+    seq: 0,
+    agents: {}, // name -> {job, last_result, last_result_at}
+    progress: {}, // job_id -> {percent, message, elapsed_s, at}
+    clockOffsetMs: 0, // server clock minus ours
+  };
+}
+
+// Returns {state, effects}. Effects are what the page should announce: one per job
+// that reached a final state while we watched, never twice for the same job.
+export function apply(state, message, receivedAtMs = Date.now()) {
+  switch (message.type) {
+    case "snapshot":
+      return applySnapshot(state, message, receivedAtMs);
+    case "welcome":
+      return { state: { ...state, epoch: message.epoch }, effects: [] };
+    case "job":
+      return applyJob(state, message);
+    case "progress":
+      return applyProgress(state, message, receivedAtMs);
+    default:
+      return { state, effects: [] };
+  }
+}
+
+function applySnapshot(state, message, receivedAtMs) {
+  const effects = [];
+  for (const [name, next] of Object.entries(message.agents)) {
+    const before = state.agents[name]?.job;
+    if (before && next.job && before.job_id === next.job.job_id && ACTIVE.has(before.status) && FINAL.has(next.job.status)) {
+      effects.push(finished(next.job)); // it ended while we were away
+    }
+  }
+  const serverTime = Date.parse(message.server_time);
+  return {
+    state: {
+      ...state,
+      epoch: message.epoch,
+      seq: message.seq,
+      agents: structuredClone(message.agents),
+      progress: {},
+      clockOffsetMs: Number.isNaN(serverTime) ? state.clockOffsetMs : serverTime - receivedAtMs,
+    },
+    effects,
+  };
+}
+
+function applyJob(state, message) {
+  if (message.epoch === state.epoch && message.seq <= state.seq) {
+    return { state, effects: [] }; // already applied: never show a transition twice
+  }
+  const job = message.job;
+  const current = state.agents[message.agent] ?? { job: null, last_result: null, last_result_at: null };
+  const next = { ...current, job };
+  if (job.status === "completed") {
+    next.last_result = job.result;
+    next.last_result_at = job.finished_at;
+  }
+  const progress = { ...state.progress };
+  if (FINAL.has(job.status)) delete progress[job.job_id];
+  const wasFinal = current.job && current.job.job_id === job.job_id && FINAL.has(current.job.status);
+  const effects = FINAL.has(job.status) && !wasFinal ? [finished(job)] : [];
+  return {
+    state: { ...state, epoch: message.epoch, seq: message.seq, agents: { ...state.agents, [message.agent]: next }, progress },
+    effects,
+  };
+}
+
+function applyProgress(state, message, receivedAtMs) {
+  const job = state.agents[message.agent]?.job;
+  if (!job || job.job_id !== message.job_id || job.status !== "running") {
+    return { state, effects: [] }; // about a job we do not know as running: ignore
+  }
+  const entry = { percent: message.percent, message: message.message, elapsed_s: message.elapsed_s, at: receivedAtMs };
+  return { state: { ...state, progress: { ...state.progress, [message.job_id]: entry } }, effects: [] };
+}
+
+function finished(job) {
+  return { kind: "finished", agent: job.agent, jobId: job.job_id, status: job.status, error: job.error };
+}
+
+export function cursor(state) {
+  return state.epoch === null ? null : { epoch: state.epoch, after: state.seq };
+}
+
+// What one card shows, from the state alone: the DOM code only copies it over.
+export function cardView(state, name, nowMs = Date.now()) {
+  const entry = state.agents[name] ?? { job: null, last_result: null, last_result_at: null };
+  const job = entry.job;
+  const status = job ? job.status : "idle";
+  const progress = job ? state.progress[job.job_id] : undefined;
+  const active = ACTIVE.has(status);
+  return {
+    status,
+    active,
+    canRefresh: !active,
+    canCancel: active && !(job && job.cancel_requested),
+    elapsedText: elapsedText(job, nowMs, state.clockOffsetMs),
+    percent: progress?.percent ?? job?.progress?.percent ?? null,
+    message: progress?.message ?? job?.progress?.message ?? (status === "queued" ? "waiting for a worker" : null),
+    error: job?.error ?? null,
+    result: entry.last_result,
+    resultAt: entry.last_result_at,
+  };
+}
+
+export function elapsedSeconds(job, nowMs, clockOffsetMs) {
+  if (!job || !job.started_at) return null;
+  const start = Date.parse(job.started_at);
+  const end = job.finished_at ? Date.parse(job.finished_at) : nowMs + clockOffsetMs;
+  return Math.max(0, (end - start) / 1000);
+}
+
+export function elapsedText(job, nowMs, clockOffsetMs) {
+  if (!job) return "";
+  if (job.status === "queued") return "Queued…";
+  const seconds = elapsedSeconds(job, nowMs, clockOffsetMs);
+  if (seconds === null) return "";
+  const shown = formatDuration(seconds);
+  return job.status === "running" ? `Running… ${shown}` : `Took ${shown}`;
+}
+
+export function formatDuration(seconds) {
+  const whole = Math.floor(seconds);
+  if (whole < 60) return `${whole}s`;
+  return `${Math.floor(whole / 60)}m ${String(whole % 60).padStart(2, "0")}s`;
+}

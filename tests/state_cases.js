@@ -1,0 +1,60 @@
+// Cases for the dashboard's pure logic, evaluated in the page by test_dashboard.py.
+// Returns the list of failures (empty when every case holds).
+(async () => {
+  const { apply, cardView, cursor, initialState, elapsedText } = await import("/static/js/state.js");
+  const { backoffMs, pollMessages } = await import("/static/js/transport.js");
+  const failures = [];
+  const check = (name, ok, detail = "") => { if (!ok) failures.push(`${name} ${detail}`); };
+
+  const job = (id, status, extra = {}) => ({
+    job_id: id, project_id: "p", agent: "a", status, created_at: "2026-01-01T00:00:00.000Z",
+    updated_at: "2026-01-01T00:00:01.000Z", started_at: status === "queued" ? null : "2026-01-01T00:00:01.000Z",
+    finished_at: ["completed", "failed", "cancelled", "timed_out"].includes(status) ? "2026-01-01T00:00:46.000Z" : null,
+    elapsed_s: null, progress: { percent: null, message: null }, cancel_requested: false, result: null, error: null, ...extra,
+  });
+  const snapshot = (seq, agents) => ({ type: "snapshot", epoch: "e1", seq, recovered: false, agents, server_time: "2026-01-01T00:00:10.000Z" });
+  const event = (seq, j) => ({ type: "job", epoch: "e1", seq, project_id: "p", agent: "a", job: j });
+
+  let s = initialState("p");
+  check("no cursor before a snapshot", cursor(s) === null);
+  s = apply(s, snapshot(3, { a: { job: null, last_result: null, last_result_at: null } }), Date.parse("2026-01-01T00:00:09.000Z")).state;
+  check("snapshot sets the cursor", JSON.stringify(cursor(s)) === JSON.stringify({ epoch: "e1", after: 3 }));
+  check("snapshot measures the clock offset", s.clockOffsetMs === 1000, s.clockOffsetMs);
+  check("an agent with no job is idle", cardView(s, "a").status === "idle" && cardView(s, "a").canRefresh);
+
+  s = apply(s, event(4, job("j1", "queued"))).state;
+  check("queued disables refresh", !cardView(s, "a").canRefresh && cardView(s, "a").canCancel);
+  s = apply(s, event(5, job("j1", "running"))).state;
+  const again = apply(s, event(5, job("j1", "queued")));
+  check("a repeated seq is ignored", again.state === s && again.effects.length === 0);
+  check("elapsed ticks from started_at and the offset",
+    elapsedText(s.agents.a.job, Date.parse("2026-01-01T00:00:45.500Z"), 1000) === "Running… 45s");
+
+  s = apply(s, { type: "progress", project_id: "p", agent: "a", job_id: "j1", elapsed_s: 2, percent: 40, message: "asking", seq: 5 }).state;
+  check("progress shows on the card", cardView(s, "a").percent === 40 && cardView(s, "a").message === "asking");
+  const stray = apply(s, { type: "progress", agent: "a", job_id: "other", percent: 99, message: "x", seq: 5 });
+  check("progress for an unknown job is ignored", stray.state === s);
+
+  const done = apply(s, event(6, job("j1", "completed", { result: { revenue: 1 } })));
+  check("completion notifies once", done.effects.length === 1 && done.effects[0].status === "completed");
+  s = done.state;
+  check("completion keeps the result", cardView(s, "a").result.revenue === 1 && cardView(s, "a").canRefresh);
+  check("completion drops the job's progress", s.progress.j1 === undefined);
+  const late = apply(s, event(6, job("j1", "completed")));
+  check("a replayed final state does not notify again", late.effects.length === 0);
+
+  // A reconnect that ends in a snapshot: a job that finished meanwhile is announced once.
+  let t = apply(initialState("p"), snapshot(2, { a: { job: job("j2", "running"), last_result: null, last_result_at: null } })).state;
+  const recovered = apply(t, snapshot(4, { a: { job: job("j2", "failed", { error: { code: "interrupted", message: "lost" } }), last_result: null, last_result_at: null } }));
+  check("a snapshot announces a job that ended while away", recovered.effects.length === 1 && recovered.effects[0].status === "failed");
+  const same = apply(recovered.state, snapshot(4, recovered.state.agents));
+  check("the same snapshot again announces nothing", same.effects.length === 0);
+
+  check("backoff grows and stays jittered within bounds",
+    backoffMs(0, () => 0) === 250 && backoffMs(0, () => 1) === 500 && backoffMs(10, () => 1) === 10000);
+  const fromPoll = pollMessages({ epoch: "e1", seq: 7, recovered: true, events: [event(7, job("j3", "queued"))], progress: [] });
+  check("a long-poll reply becomes welcome plus events", fromPoll.length === 2 && fromPoll[0].type === "welcome" && fromPoll[1].seq === 7);
+  const pollSnapshot = pollMessages({ epoch: "e1", seq: 7, recovered: false, snapshot: { project_id: "p", agents: {}, server_time: "x" }, events: [], progress: [] });
+  check("a long-poll snapshot becomes a snapshot message", pollSnapshot[0].type === "snapshot" && pollSnapshot[0].seq === 7);
+  return failures;
+})()

@@ -1,0 +1,173 @@
+"""The dashboard in a real browser (Debian's Chromium through Playwright) against a real server."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Page, Request, WebSocketRoute, expect
+
+from tests.agents import GatedAgent
+from tests.browser import chromium
+from tests.conftest import WAIT
+from tests.live import Live, live_server
+from tests.servers import jobcast_server
+
+pytestmark = pytest.mark.anyio
+
+TIMEOUT_MS = WAIT * 1000
+
+
+def card(page: Page, agent: str) -> Any:
+    return page.locator(f'[data-agent="{agent}"]')
+
+
+async def open_project(page: Page, live: Live, project_id: str) -> None:
+    await page.goto(f"{live.url}/projects/{project_id}")
+    await expect(page.locator("body")).to_have_attribute("data-connection", re.compile("live|fallback"), timeout=TIMEOUT_MS)
+
+
+def polling_requests(requests: list[Request]) -> list[str]:
+    return [r.url for r in requests if r.method == "GET" and ("/events" in r.url or "_status" in r.url or re.search(r"/api/projects/[^/]+$", r.url))]
+
+
+async def test_refresh_shows_running_with_a_ticking_timer_then_the_result() -> None:
+    """Refresh starts the job; the card runs with a ticking timer, then completes with the chart, without reload or polling."""
+    async with live_server(progress_interval=0.2) as live, chromium() as browser:
+        page = await browser.new_page()
+        requests: list[Request] = []
+        page.on("request", lambda request: requests.append(request))
+        await open_project(page, live, "acme")
+        await expect(page.locator("body")).to_have_attribute("data-connection", "live")
+        gated = card(page, "gated")
+        await expect(gated).to_have_attribute("data-state", "idle")
+        await gated.locator("[data-role=refresh]").click()
+        await expect(gated).to_have_attribute("data-state", "running", timeout=TIMEOUT_MS)
+        await expect(gated.locator("[data-role=refresh]")).to_be_disabled()
+        await expect(gated.locator("[data-role=cancel]")).to_be_visible()
+        await expect(gated.locator("[data-role=progress]")).to_contain_text("50%")
+        await expect(gated.locator("[data-role=elapsed]")).to_have_text(re.compile(r"Running… [1-9]\d*s"), timeout=TIMEOUT_MS)
+        GatedAgent.gate.set()
+        await expect(gated).to_have_attribute("data-state", "completed", timeout=TIMEOUT_MS)
+        await expect(gated.locator("[data-role=result]")).to_contain_text("acme")
+        await expect(page.locator(".toast[data-status=completed]")).to_have_count(1)
+
+        financial = card(page, "financial")
+        await financial.locator("[data-role=refresh]").click()
+        await expect(financial).to_have_attribute("data-state", "completed", timeout=TIMEOUT_MS)
+        await expect(financial.locator("[data-role=result] svg.chart path")).to_have_count(2)
+        await expect(financial.locator("[data-role=result]")).to_contain_text("Runway")
+        assert polling_requests(requests) == []
+        assert sum(1 for r in requests if r.resource_type == "document") == 1  # no reload
+
+
+async def test_a_second_tab_sees_the_same_job() -> None:
+    """A job started in one tab appears in another tab on the same project."""
+    async with live_server() as live, chromium() as browser:
+        first, second = await browser.new_page(), await browser.new_page()
+        await open_project(first, live, "acme")
+        await open_project(second, live, "acme")
+        await card(first, "gated").locator("[data-role=refresh]").click()
+        await expect(card(second, "gated")).to_have_attribute("data-state", "running", timeout=TIMEOUT_MS)
+        await expect(card(second, "gated").locator("[data-role=refresh]")).to_be_disabled()
+        GatedAgent.gate.set()
+        await expect(card(second, "gated")).to_have_attribute("data-state", "completed", timeout=TIMEOUT_MS)
+
+
+async def test_a_failing_agent_shows_its_error() -> None:
+    """A failed job shows the failed badge and the agent's message, and notifies once."""
+    async with live_server() as live, chromium() as browser:
+        page = await browser.new_page()
+        await open_project(page, live, "acme")
+        failing = card(page, "failing")
+        await failing.locator("[data-role=refresh]").click()
+        await expect(failing).to_have_attribute("data-state", "failed", timeout=TIMEOUT_MS)
+        await expect(failing.locator("[data-role=error]")).to_have_text("agent_error: ledger for acme is offline")
+        await expect(page.locator(".toast[data-status=failed]")).to_contain_text("ledger for acme is offline")
+        await expect(failing.locator("[data-role=refresh]")).to_be_enabled()
+
+
+async def test_cancel_stops_a_running_job() -> None:
+    """The Cancel button cancels the running job and the card says so."""
+    async with live_server() as live, chromium() as browser:
+        page = await browser.new_page()
+        await open_project(page, live, "acme")
+        gated = card(page, "gated")
+        await gated.locator("[data-role=refresh]").click()
+        await expect(gated).to_have_attribute("data-state", "running", timeout=TIMEOUT_MS)
+        await gated.locator("[data-role=cancel]").click()
+        await expect(gated).to_have_attribute("data-state", "cancelled", timeout=TIMEOUT_MS)
+        await expect(gated.locator("[data-role=cancel]")).to_be_hidden()
+
+
+async def test_with_websockets_blocked_the_page_falls_back_and_follows_a_job() -> None:
+    """When every WebSocket is refused, the page falls back to SSE and still follows a job to the end."""
+    async with live_server() as live, chromium() as browser:
+        page = await browser.new_page()
+
+        async def refuse(ws: WebSocketRoute) -> None:
+            await ws.close(code=4403, reason="blocked by the test")
+
+        await page.route_web_socket(re.compile(r".*/ws/.*"), refuse)
+        await page.goto(f"{live.url}/projects/acme")
+        await expect(page.locator("body")).to_have_attribute("data-connection", "fallback", timeout=TIMEOUT_MS * 2)
+        gated = card(page, "gated")
+        await gated.locator("[data-role=refresh]").click()
+        await expect(gated).to_have_attribute("data-state", "running", timeout=TIMEOUT_MS)
+        GatedAgent.gate.set()
+        await expect(gated).to_have_attribute("data-state", "completed", timeout=TIMEOUT_MS)
+
+
+async def test_the_pure_update_logic() -> None:
+    """state.js applies snapshots, transitions and progress exactly once each, in the browser's own JS engine."""
+    async with live_server() as live, chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(f"{live.url}/")
+        failures = await page.evaluate(Path(__file__).with_name("state_cases.js").read_text())
+        assert failures == []
+
+
+async def test_the_home_page_lists_projects_and_opens_one() -> None:
+    """/ lists projects with their agents' states and opens a project by id."""
+    async with live_server() as live, chromium() as browser:
+        await live.start("acme", "quick")
+        page = await browser.new_page()
+        await page.goto(f"{live.url}/")
+        await expect(page.locator(".projects li")).to_contain_text("acme")
+        await page.fill("#project-id", "bad id!")
+        await page.click("#open button")
+        await expect(page.locator("#open-error")).to_be_visible()
+        await page.fill("#project-id", "globex")
+        await page.click("#open button")
+        await expect(page).to_have_url(re.compile(r"/projects/globex$"))
+        await expect(card(page, "financial")).to_have_attribute("data-state", "idle", timeout=TIMEOUT_MS)
+
+
+async def test_a_server_restart_mid_job_shows_the_job_interrupted_once(tmp_path: Path) -> None:
+    """Kill the server mid-job and start it again: the page reconnects and shows the job failed, notifying once."""
+    args = [
+        "--store", f"sqlite:///{tmp_path / 'jobs.db'}", "--demo-seconds", "60",
+        "--agent", "tests.agents:SleepyAgent", "--agent", "agents.builtin:FinancialAgent",
+    ]  # fmt: skip
+    log = tmp_path / "server.log"
+    async with chromium() as browser:
+        page = await browser.new_page()
+        with jobcast_server(args, log) as server:
+            port = server.port
+            await page.goto(f"{server.url}/projects/acme")
+            await expect(page.locator("body")).to_have_attribute("data-connection", "live", timeout=TIMEOUT_MS)
+            sleepy = card(page, "sleepy")
+            await sleepy.locator("[data-role=refresh]").click()
+            await expect(sleepy).to_have_attribute("data-state", "running", timeout=TIMEOUT_MS)
+            server.kill()
+            await expect(page.locator("body")).to_have_attribute("data-connection", "offline", timeout=TIMEOUT_MS)
+        with jobcast_server(args, log, port=port):
+            await expect(sleepy).to_have_attribute("data-state", "failed", timeout=TIMEOUT_MS * 2)
+            await expect(sleepy.locator("[data-role=error]")).to_contain_text("interrupted")
+            await expect(page.locator("body")).to_have_attribute("data-connection", "live")
+            await expect(page.locator(".toast[data-status=failed]")).to_have_count(1)
+            await sleepy.locator("[data-role=refresh]").click()  # and it works again
+            await expect(sleepy).to_have_attribute("data-state", "running", timeout=TIMEOUT_MS)
+            await expect(page.locator(".toast[data-status=failed]")).to_have_count(1)
