@@ -1,6 +1,6 @@
 """Take docs/dashboard.png: a real server, the built-in agents, one result in and one job mid-run.
 
-    .venv/bin/python scripts/screenshot.py
+.venv/bin/python scripts/screenshot.py
 """
 
 from __future__ import annotations

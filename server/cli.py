@@ -10,6 +10,8 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from client import cli as client_cli
+
 from .errors import ConfigError
 from .settings import Settings, build_serve_parser
 
@@ -21,11 +23,15 @@ logger = logging.getLogger("jobcast")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="jobcast", description="Run slow agent jobs behind a web app and push their progress live."
+        prog="jobcast",
+        description="Run slow agent jobs behind a web app and push their progress live.",
+        epilog=client_cli.HELP,  # the client commands' exit codes
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="start the server", description="Start the jobcast server.")
     build_serve_parser(serve)
+    client_cli.add_commands(commands)  # watch, refresh, status, cancel
     return parser
 
 
@@ -35,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parsed = parser.parse_args(args)
     if parsed.command == "serve":
         return serve(args[1:])
+    if parsed.command in client_cli.COMMANDS:
+        return client_cli.run(parsed)
     parser.error(f"unknown command {parsed.command!r}")
     return 2
 
@@ -74,6 +82,8 @@ def uvicorn_config(app: object, settings: Settings, **overrides: Any) -> uvicorn
         "ws_ping_timeout": settings.ping_timeout,
         "ws_max_size": 64 * 1024,
         "ws_per_message_deflate": False,
+        # SSE streams and long-polls never end by themselves; without a limit uvicorn would wait on them forever.
+        "timeout_graceful_shutdown": settings.shutdown_grace,
         "log_level": settings.log_level,
         **overrides,
     }

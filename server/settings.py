@@ -86,6 +86,7 @@ _OPTIONS = (
     _Option("ping_timeout", _positive_float, "seconds to wait for a pong before dropping the peer"),
     _Option("send_buffer", _positive_int, "transitions queued for one slow subscriber before it is closed"),
     _Option("sse_keepalive", _positive_float, "seconds between keep-alive comments on an idle SSE stream"),
+    _Option("shutdown_grace", _positive_float, "seconds open streams and long-polls get to finish at shutdown"),
     _Option("allowed_origins", _origin_list, "comma-separated browser origins allowed besides the server's own"),
 )
 
@@ -106,6 +107,7 @@ class Settings:
     ping_timeout: float = 20.0
     send_buffer: int = 1000
     sse_keepalive: float = 15.0
+    shutdown_grace: float = 3.0
     allowed_origins: tuple[str, ...] = ()
 
     @classmethod

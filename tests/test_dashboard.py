@@ -26,15 +26,21 @@ def card(page: Page, agent: str) -> Any:
 
 async def open_project(page: Page, live: Live, project_id: str) -> None:
     await page.goto(f"{live.url}/projects/{project_id}")
-    await expect(page.locator("body")).to_have_attribute("data-connection", re.compile("live|fallback"), timeout=TIMEOUT_MS)
+    await expect(page.locator("body")).to_have_attribute(
+        "data-connection", re.compile("live|fallback"), timeout=TIMEOUT_MS
+    )
 
 
 def polling_requests(requests: list[Request]) -> list[str]:
-    return [r.url for r in requests if r.method == "GET" and ("/events" in r.url or "_status" in r.url or re.search(r"/api/projects/[^/]+$", r.url))]
+    return [
+        r.url
+        for r in requests
+        if r.method == "GET" and ("/events" in r.url or "_status" in r.url or re.search(r"/api/projects/[^/]+$", r.url))
+    ]
 
 
 async def test_refresh_shows_running_with_a_ticking_timer_then_the_result() -> None:
-    """Refresh starts the job; the card runs with a ticking timer, then completes with the chart, without reload or polling."""
+    """Refresh runs the job with a ticking timer, then shows the result and chart; no reload, no polling."""
     async with live_server(progress_interval=0.2) as live, chromium() as browser:
         page = await browser.new_page()
         requests: list[Request] = []
@@ -48,7 +54,9 @@ async def test_refresh_shows_running_with_a_ticking_timer_then_the_result() -> N
         await expect(gated.locator("[data-role=refresh]")).to_be_disabled()
         await expect(gated.locator("[data-role=cancel]")).to_be_visible()
         await expect(gated.locator("[data-role=progress]")).to_contain_text("50%")
-        await expect(gated.locator("[data-role=elapsed]")).to_have_text(re.compile(r"Running… [1-9]\d*s"), timeout=TIMEOUT_MS)
+        await expect(gated.locator("[data-role=elapsed]")).to_have_text(
+            re.compile(r"Running… [1-9]\d*s"), timeout=TIMEOUT_MS
+        )
         GatedAgent.gate.set()
         await expect(gated).to_have_attribute("data-state", "completed", timeout=TIMEOUT_MS)
         await expect(gated.locator("[data-role=result]")).to_contain_text("acme")
@@ -171,3 +179,23 @@ async def test_a_server_restart_mid_job_shows_the_job_interrupted_once(tmp_path:
             await sleepy.locator("[data-role=refresh]").click()  # and it works again
             await expect(sleepy).to_have_attribute("data-state", "running", timeout=TIMEOUT_MS)
             await expect(page.locator(".toast[data-status=failed]")).to_have_count(1)
+
+
+async def test_with_websockets_and_sse_blocked_the_page_long_polls() -> None:
+    """With WebSockets refused and the SSE stream blocked, the page long-polls and still follows a job."""
+    async with live_server() as live, chromium() as browser:
+        page = await browser.new_page()
+
+        async def refuse(ws: WebSocketRoute) -> None:
+            await ws.close(code=4403, reason="blocked by the test")
+
+        await page.route_web_socket(re.compile(r".*/ws/.*"), refuse)
+        await page.route(re.compile(r".*/events/stream.*"), lambda route: route.abort())
+        await page.goto(f"{live.url}/projects/acme")
+        await expect(page.locator("body")).to_have_attribute("data-transport", "poll", timeout=TIMEOUT_MS * 3)
+        await expect(page.locator("body")).to_have_attribute("data-connection", "fallback", timeout=TIMEOUT_MS)
+        gated = card(page, "gated")
+        await gated.locator("[data-role=refresh]").click()
+        await expect(gated).to_have_attribute("data-state", "running", timeout=TIMEOUT_MS)
+        GatedAgent.gate.set()
+        await expect(gated).to_have_attribute("data-state", "completed", timeout=TIMEOUT_MS)

@@ -1,0 +1,82 @@
+"""Every error the client raises, with its data in attributes.
+
+Foreign errors (httpx, websockets, OSError, bad JSON) are translated into these at the
+boundary, in :mod:`client.http` and :mod:`client.transports`, with ``raise ... from``.
+
+The tree::
+
+    ClientError                  anything the client raises on purpose
+    ├── InvalidURL               the server URL is not http:// or https://
+    ├── ServerUnreachable        no answer: refused, reset, timed out, or gave up reconnecting
+    ├── ServerRefused            code, message, status: the server answered with an error
+    └── ProtocolError            the peer answered, but not like a jobcast server
+
+    Internal to one connection attempt of a subscription (never escape ``subscribe``):
+
+    TransportError
+    ├── ConnectFailed            this transport could not connect; another may
+    ├── TransportRefused         this transport's handshake was refused (a proxy, an Origin rule)
+    └── StreamLost               an open stream ended or broke; reconnect with the cursor
+"""
+
+from __future__ import annotations
+
+
+class ClientError(Exception):
+    """Base of every error the client raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidURL(ClientError):
+    def __init__(self, url: str) -> None:
+        super().__init__(f"{url!r} is not a server URL like http://127.0.0.1:8000")
+        self.url = url
+
+
+class ServerUnreachable(ClientError):
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach the jobcast server at {url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class ServerRefused(ClientError):
+    """The server answered with an error: ``code`` is its machine-readable code."""
+
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+    def __repr__(self) -> str:
+        return f"ServerRefused(code={self.code!r}, message={self.message!r}, status={self.status})"
+
+
+class ProtocolError(ClientError):
+    pass
+
+
+class TransportError(Exception):
+    """One transport's failure during one connection attempt."""
+
+    def __init__(self, transport: str, reason: str) -> None:
+        super().__init__(f"{transport}: {reason}")
+        self.transport = transport
+        self.reason = reason
+
+
+class ConnectFailed(TransportError):
+    pass
+
+
+class TransportRefused(TransportError):
+    def __init__(self, transport: str, refusal: ServerRefused) -> None:
+        super().__init__(transport, f"refused: {refusal.message} ({refusal.code})")
+        self.refusal = refusal
+
+
+class StreamLost(TransportError):
+    pass

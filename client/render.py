@@ -1,0 +1,299 @@
+"""What the CLI shows: pure functions of (state, message), called directly by tests.
+
+:func:`apply` folds a message into a :class:`View`; :func:`event_lines` is the plain
+text a message adds (no ANSI, no bars); :func:`live_table` is the rich table of a
+terminal's live display. Text the server sent is stripped of control characters
+before it is shown, so an agent's step message cannot drive the terminal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from rich.console import Group
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from .cursor import FINAL_STATES, Message
+
+Record = dict[str, Any]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+_STYLES = {
+    "queued": "yellow",
+    "running": "cyan",
+    "completed": "green",
+    "failed": "bold red",
+    "cancelled": "magenta",
+    "timed_out": "red",
+}
+HEADLINE_WIDTH = 120
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One agent: its latest job, its live progress, its last result."""
+
+    agent: str
+    job: Record | None = None
+    percent: float | None = None
+    message: str | None = None
+    elapsed_s: float | None = None
+    #: when ``elapsed_s`` was true, on the caller's clock, to tick it while running
+    seen_at: float = 0.0
+    last_result: Record | None = None
+
+    @property
+    def status(self) -> str | None:
+        return None if self.job is None else str(self.job["status"])
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    """A project as the CLI shows it. ``only`` limits the agents shown (empty: all)."""
+
+    project_id: str
+    rows: Mapping[str, Row] = dataclasses.field(default_factory=dict)
+    only: tuple[str, ...] = ()
+
+    def shows(self, agent: str) -> bool:
+        return not self.only or agent in self.only
+
+    def visible(self) -> list[Row]:
+        names = self.only or tuple(self.rows)
+        return [self.rows.get(name, Row(name)) for name in names]
+
+
+# -- state ---------------------------------------------------------------------------------
+
+
+def apply(view: View, message: Message, now: float) -> View:
+    """The view after ``message``; ``now`` is the caller's clock (for ticking elapsed times)."""
+    kind = message.get("type")
+    if kind == "snapshot":
+        rows = {name: _row_from_state(name, state, now) for name, state in message["agents"].items()}
+        return dataclasses.replace(view, rows=rows)
+    if kind == "job":
+        return _with_row(view, _row_from_job(view.rows.get(message["agent"]), message["job"], now))
+    if kind == "progress":
+        return _with_progress(view, message, now)
+    return view
+
+
+def _row_from_state(agent: str, state: Record, now: float) -> Row:
+    row = Row(agent, last_result=state.get("last_result"))
+    return _row_from_job(row, state["job"], now) if state.get("job") else row
+
+
+def _row_from_job(previous: Row | None, job: Record, now: float) -> Row:
+    progress = job.get("progress") or {}
+    last_result = job.get("result") if job["status"] == "completed" else previous.last_result if previous else None
+    return Row(
+        agent=str(job["agent"]),
+        job=job,
+        percent=progress.get("percent"),
+        message=progress.get("message"),
+        elapsed_s=job.get("elapsed_s"),
+        seen_at=now,
+        last_result=last_result,
+    )
+
+
+def _with_progress(view: View, message: Message, now: float) -> View:
+    row = view.rows.get(message["agent"])
+    if row is None or row.job is None or row.job["job_id"] != message["job_id"] or row.status in FINAL_STATES:
+        return view
+    update = dataclasses.replace(
+        row,
+        percent=message.get("percent"),
+        message=message.get("message"),
+        elapsed_s=message.get("elapsed_s"),
+        seen_at=now,
+    )
+    return _with_row(view, update)
+
+
+def _with_row(view: View, row: Row) -> View:
+    return dataclasses.replace(view, rows={**view.rows, row.agent: row})
+
+
+def elapsed(row: Row, now: float) -> float | None:
+    """Seconds the row's job has run, ticking on from the last report while it runs."""
+    if row.elapsed_s is None:
+        return None
+    return row.elapsed_s + (now - row.seen_at if row.status == "running" else 0.0)
+
+
+# -- text ------------------------------------------------------------------------------------
+
+
+def clean(text: object) -> str:
+    """Server text made safe for one line of a terminal: control characters become spaces."""
+    return _CONTROL.sub(" ", str(text)).strip()
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes}m{rest:02d}s"
+
+
+def format_percent(percent: float | None) -> str:
+    return "-" if percent is None else f"{percent:.0f}%"
+
+
+def headline(result: Record | None) -> str:
+    """A result in one line: its ``summary``, or its simple fields as ``key=value``."""
+    if not result:
+        return ""
+    if isinstance(result.get("summary"), str):
+        return _shorten(clean(result["summary"]))
+    return _shorten(" ".join(f"{clean(key)}={_brief(value)}" for key, value in result.items()))
+
+
+def _brief(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return f"[{len(value)} items]"
+    if isinstance(value, dict):
+        return "{...}"
+    return clean(value)
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= HEADLINE_WIDTH else text[: HEADLINE_WIDTH - 3] + "..."
+
+
+def detail(row: Row, now: float) -> str:
+    """What follows the agent and state on a row's line."""
+    job = row.job
+    if job is None:
+        return f"last result: {headline(row.last_result)}" if row.last_result else "no job yet"
+    status, taken = job["status"], format_seconds(elapsed(row, now))
+    if status == "queued":
+        return f"job {job['job_id'][:8]}"
+    if status == "running":
+        step = clean(row.message) if row.message else ""
+        cancel = " (cancel requested)" if job.get("cancel_requested") else ""
+        return f"{format_percent(row.percent):>4}  {taken}  {step}".rstrip() + cancel
+    if status == "completed":
+        return f"{taken}  {headline(job.get('result'))}".rstrip()
+    error = job.get("error") or {}
+    return f"{taken}  {clean(error.get('message', ''))}".rstrip()
+
+
+def row_line(row: Row, now: float) -> str:
+    """One plain line for a row: agent, state, then the detail."""
+    return f"{clean(row.agent):<12} {row.status or 'idle':<10} {detail(row, now)}".rstrip()
+
+
+def event_lines(before: View, message: Message, after: View, now: float) -> list[str]:
+    """The plain lines a message adds: a line per changed row, none for an unchanged one."""
+    kind = message.get("type")
+    if kind == "snapshot":
+        return [row_line(row, now) for row in after.visible()]
+    if kind not in ("job", "progress") or not after.shows(message["agent"]):
+        return []
+    row = after.rows.get(message["agent"])
+    if row is None or row == before.rows.get(message["agent"]):
+        return []
+    if kind == "progress" and _same_step(before.rows.get(message["agent"]), row):
+        return []
+    return [row_line(row, now)]
+
+
+def _same_step(old: Row | None, new: Row) -> bool:
+    return old is not None and (old.percent, old.message) == (new.percent, new.message)
+
+
+def job_line(agent: str, job: Record | None) -> str:
+    """A job record's line, as ``refresh`` prints a final job and ``cancel`` the cancelled one."""
+    if job is None:
+        return f"{clean(agent):<12} {'lost':<10} the server no longer knows this job"
+    return row_line(_row_from_job(None, job, 0.0), 0.0)
+
+
+# -- the status table ----------------------------------------------------------------------
+
+STATUS_HEADER = ("AGENT", "STATE", "JOB", "ELAPSED", "PROGRESS", "LAST RESULT")
+
+
+def status_rows(project: Record) -> list[tuple[str, ...]]:
+    """``GET /api/projects/{id}`` as table rows, one per agent."""
+    rows: list[tuple[str, ...]] = []
+    for name, state in project["agents"].items():
+        job = state.get("job") or {}
+        progress = job.get("progress") or {}
+        step = " ".join(filter(None, [format_percent(progress.get("percent")), clean(progress.get("message") or "")]))
+        rows.append(
+            (
+                clean(name),
+                str(job.get("status", "idle")),
+                str(job.get("job_id", "-"))[:8],
+                format_seconds(job.get("elapsed_s")),
+                step if job else "-",
+                headline(state.get("last_result")) or "-",
+            )
+        )
+    return rows
+
+
+def columns(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """Rows as left-aligned plain text columns, two spaces apart."""
+    table = [tuple(header), *(tuple(row) for row in rows)]
+    widths = [max(len(row[index]) for row in table) for index in range(len(header))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in table]
+
+
+def status_table(project: Record) -> Table:
+    table = Table(title=f"project {clean(project['project_id'])}", title_justify="left")
+    for name in STATUS_HEADER:
+        table.add_column(name.lower())
+    for row in status_rows(project):
+        table.add_row(*(Text(cell, style=_STYLES.get(cell, "")) for cell in row))
+    return table
+
+
+# -- the live display ------------------------------------------------------------------------
+
+
+def live_table(view: View, now: float, caption: str = "") -> Group:
+    """A terminal's live display: a row per agent with state, bar, percent, elapsed and step."""
+    table = Table(box=None, padding=(0, 1), show_edge=False)
+    for name, justify in (("agent", "left"), ("state", "left"), ("", "left"), ("%", "right"), ("elapsed", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    table.add_column("step", overflow="ellipsis", no_wrap=True)
+    for row in view.visible():
+        table.add_row(*_live_cells(row, now))
+    title = Text(f"jobcast · {clean(view.project_id)}", style="bold")
+    return Group(title, table, Text(caption, style="dim")) if caption else Group(title, table)
+
+
+def _live_cells(row: Row, now: float) -> tuple[Text | ProgressBar, ...]:
+    status = row.status or "idle"
+    if status in FINAL_STATES and status != "completed":
+        step = clean(((row.job or {}).get("error") or {}).get("message", ""))
+    elif status == "completed":
+        step = headline((row.job or {}).get("result"))
+    else:
+        step = clean(row.message or "") + (" (cancel requested)" if (row.job or {}).get("cancel_requested") else "")
+    return (
+        Text(clean(row.agent), style="bold"),
+        Text(status, style=_STYLES.get(status, "dim")),
+        _bar(row),
+        Text(format_percent(100.0 if status == "completed" else row.percent)),
+        Text(format_seconds(elapsed(row, now))),
+        Text(step),
+    )
+
+
+def _bar(row: Row) -> ProgressBar:
+    done = 100.0 if row.status == "completed" else row.percent or 0.0
+    pulse = row.status == "running" and row.percent is None
+    return ProgressBar(total=100.0, completed=done, width=24, pulse=pulse)

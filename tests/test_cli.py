@@ -1,0 +1,367 @@
+"""``jobcast watch | refresh | status | cancel`` as a user runs them: subprocesses against real servers."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import pexpect
+import pytest
+
+from agents.builtin import financial_figures, performance_figures
+from client import cli as client_cli
+from client import commands
+from tests import servers
+from tests.conftest import WAIT
+from tests.servers import JobcastServer, free_port, jobcast_command, jobcast_server
+
+TEST_AGENTS = ("Quick", "Failing", "Stubborn", "Sleepy")
+FAST = ["--store", "memory://", "--demo-seconds", "0.8", "--progress-interval", "0.1"]
+FAST += [f"--agent=tests.agents:{name}Agent" for name in TEST_AGENTS]
+FAST += ["--agent=agents.builtin:FinancialAgent", "--agent=agents.builtin:PerformanceAgent"]
+SLOW = ["--demo-seconds", "30", "--agent=tests.agents:SleepyAgent", "--agent=tests.agents:QuickAgent"]
+ANSI = re.compile(r"\x1b\[")
+
+
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobcastServer]:
+    """A server whose demo agents finish in under a second."""
+    with jobcast_server(FAST, tmp_path_factory.mktemp("fast") / "server.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobcastServer]:
+    """A server whose sleepy agent runs for 30 s unless cancelled."""
+    args = ["--store", "memory://", *SLOW]
+    with jobcast_server(args, tmp_path_factory.mktemp("slow") / "server.log") as server:
+        yield server
+
+
+def interruptible(*args: str) -> list[str]:
+    """The jobcast command, started so that SIGINT is not ignored, so Ctrl-C reaches it as in a terminal.
+
+    A test run from a non-interactive shell's background job inherits SIGINT ignored,
+    and Python then never raises KeyboardInterrupt; this restores the default first.
+    """
+    restore = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-c", restore, *jobcast_command(), *args]
+
+
+def jobcast(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the jobcast script to the end, as a script in CI would."""
+    environ = {**os.environ, **(env or {})}
+    return subprocess.run([*jobcast_command(), *args], capture_output=True, text=True, timeout=2 * WAIT, env=environ)
+
+
+class Lines:
+    """A running process's stdout, read by a thread, so a test can wait for a line with a timeout."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def until(self, predicate: Callable[[str], bool]) -> str:
+        while True:
+            line = self._queue.get(timeout=WAIT)
+            assert line is not None, f"stdout ended; it had: {self.seen}"
+            self.seen.append(line)
+            if predicate(line):
+                return line
+
+    def rest(self) -> list[str]:
+        """Every line, once stdout has ended."""
+        self._thread.join(WAIT)
+        while (line := self._queue.get(timeout=WAIT)) is not None:
+            self.seen.append(line)
+        return self.seen
+
+
+@dataclasses.dataclass
+class Running:
+    process: subprocess.Popen[str]
+    stdout: Lines
+    stderr: str = ""
+
+
+@contextlib.contextmanager
+def spawn(*args: str) -> Iterator[Running]:
+    """Run the jobcast script in the background; on exit it is killed if need be, and its pipes closed."""
+    with subprocess.Popen(interruptible(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        running = Running(process, Lines(process.stdout))  # type: ignore[arg-type]
+        try:
+            yield running
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(WAIT)
+            running.stdout.rest()
+            running.stderr = process.stderr.read()  # type: ignore[union-attr]
+
+
+def records(stdout: str | list[str]) -> list[dict[str, Any]]:
+    """Every stdout line as JSON: fails if any line is not."""
+    lines = stdout.splitlines() if isinstance(stdout, str) else stdout
+    return [json.loads(line) for line in lines]
+
+
+def is_job(status: str) -> Callable[[str], bool]:
+    return lambda line: line.startswith('{"type":"job"') and json.loads(line)["job"]["status"] == status
+
+
+def one_clean_line(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+# -- refresh: exit codes from outcomes -------------------------------------------------------
+
+
+def test_refresh_follows_two_agents_and_prints_their_headlines(fast: JobcastServer) -> None:
+    """Two agents at once: both are followed to the end, each headline is printed, in plain text, exit 0."""
+    result = jobcast("refresh", "two", "--agent", "financial", "--agent", "performance", "--url", fast.url)
+    assert result.returncode == 0, result.stderr
+    assert financial_figures("two")["summary"] in result.stdout
+    assert performance_figures("two")["summary"] in result.stdout
+    finals = [line.split()[:2] for line in result.stdout.splitlines() if "completed" in line]
+    assert sorted(finals) == [["financial", "completed"], ["performance", "completed"]]
+    assert not ANSI.search(result.stdout) and "━" not in result.stdout and result.stderr == ""
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse", "poll"])
+def test_json_output_is_ndjson_holding_every_transition(fast: JobcastServer, transport: str) -> None:
+    """--json prints only JSON lines: started records, each job's transitions in seq order, then final records."""
+    project = f"ndjson-{transport}"
+    args = ["refresh", project, "--agent", "quick", "--agent", "financial", "--json", "--transport", transport]
+    result = jobcast(*args, "--url", fast.url)
+    assert result.returncode == 0, result.stderr
+    lines = records(result.stdout)
+    assert {line["type"] for line in lines} <= {"started", "job", "progress", "final"}
+    started = {line["agent"]: line["job"]["job_id"] for line in lines if line["type"] == "started"}
+    assert set(started) == {"quick", "financial"}
+    for agent, job_id in started.items():
+        transitions = [line["job"]["status"] for line in lines if line["type"] == "job" and line["agent"] == agent]
+        assert transitions == ["queued", "running", "completed"], (agent, transitions)
+        assert all(line["job_id"] == job_id for line in lines if line["type"] == "progress" and line["agent"] == agent)
+    seqs = [line["seq"] for line in lines if line["type"] == "job"]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) == 6
+    finals = [line for line in lines if line["type"] == "final"]
+    assert [(line["agent"], line["status"]) for line in finals] == [("quick", "completed"), ("financial", "completed")]
+    assert finals[1]["job"]["result"] == financial_figures(project)
+
+
+@pytest.mark.parametrize(
+    ("agents", "code", "says"),
+    [
+        (["failing"], 1, "ledger for {project} is offline"),
+        (["stubborn"], 3, "did not finish within its 0.2 s limit"),
+        (["failing", "stubborn", "quick"], 1, "project={project}"),
+        (["quick", "stubborn"], 3, "project={project}"),
+    ],
+)
+def test_the_exit_code_is_the_worst_outcome(fast: JobcastServer, agents: list[str], code: int, says: str) -> None:
+    """A failed job exits 1, a timed-out one 3; with several, failed beats timed out beats completed."""
+    project = "worst-" + "-".join(agents)
+    result = jobcast("refresh", project, *(f"--agent={agent}" for agent in agents), "--url", fast.url)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert says.format(project=project) in result.stdout and "Traceback" not in result.stderr
+
+
+def test_a_cancelled_job_exits_4(slow: JobcastServer) -> None:
+    """refresh exits 4 when another client cancels its job; cancel itself exits 0 and says so."""
+    with spawn("refresh", "cancel-me", "--agent", "sleepy", "--json", "--url", slow.url) as follower:
+        follower.stdout.until(is_job("running"))
+        cancelled = jobcast("cancel", "cancel-me", "--agent", "sleepy", "--url", slow.url)
+        assert cancelled.returncode == 0 and "cancel requested" in cancelled.stdout, cancelled.stderr
+        assert follower.process.wait(WAIT) == 4
+    final = [record for record in records(follower.stdout.seen) if record["type"] == "final"]
+    assert final[0]["status"] == "cancelled" and final[0]["job"]["error"]["message"] == "cancelled on request"
+
+
+def test_refresh_joins_a_running_job_and_its_timeout_exits_3(slow: JobcastServer) -> None:
+    """refresh joins the job already running; --timeout S gives up after S seconds: exit 3 and one clear line."""
+    job_id = httpx.post(f"{slow.url}/api/projects/too-slow/agents/sleepy/refresh").json()["job"]["job_id"]
+    result = jobcast("refresh", "too-slow", "--agent", "sleepy", "--timeout", "1", "--url", slow.url)
+    assert result.returncode == 3
+    assert re.search(rf"^sleepy +joined +job {job_id} \((queued|running)\)$", result.stdout, re.MULTILINE)
+    assert one_clean_line(result.stderr) == (
+        "jobcast: --timeout 1 s ran out before sleepy finished; the jobs go on running on the server"
+    )
+    assert httpx.get(f"{slow.url}/api/jobs/{job_id}").json()["status"] == "running"
+    httpx.post(f"{slow.url}/api/projects/too-slow/agents/sleepy/cancel")
+
+
+def test_no_wait_prints_the_job_ids_and_exits_0(fast: JobcastServer) -> None:
+    """--no-wait starts the jobs, prints their ids (or NDJSON started records) and exits 0 at once."""
+    result = jobcast("refresh", "no-wait", "--agent", "quick", "--no-wait", "--url", fast.url)
+    assert result.returncode == 0, result.stderr
+    job_id = re.search(r"job ([0-9a-f]{32})", result.stdout)
+    assert job_id and httpx.get(f"{fast.url}/api/jobs/{job_id[1]}").status_code == 200
+    as_json = records(
+        jobcast("refresh", "no-wait-json", "--agent", "quick", "--no-wait", "--json", "--url", fast.url).stdout
+    )
+    assert [(r["type"], r["agent"], len(r["job"]["job_id"])) for r in as_json] == [("started", "quick", 32)]
+
+
+# -- status, cancel, usage and the server's refusals ----------------------------------------
+
+
+def test_status_prints_each_agent_and_reads_jobcast_url(fast: JobcastServer) -> None:
+    """status prints a row per agent with its last result; JOBCAST_URL stands in for --url; --json is one record."""
+    assert jobcast("refresh", "st", "--agent", "financial", "--url", fast.url).returncode == 0
+    result = jobcast("status", "st", env={"JOBCAST_URL": fast.url})
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["AGENT", "STATE", "JOB", "ELAPSED", "PROGRESS", "LAST", "RESULT"]
+    financial = next(row for row in rows if row.startswith("financial"))
+    assert "completed" in financial and financial_figures("st")["summary"] in financial
+    assert {row.split()[0] for row in rows} == {"quick", "failing", "stubborn", "sleepy", "financial", "performance"}
+    (project,) = records(jobcast("status", "st", "--json", "--url", fast.url).stdout)
+    assert project["agents"]["financial"]["last_result"] == financial_figures("st")
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["refresh", "p"], "the following arguments are required: --agent"),
+        (["refresh", "p", "--agent", "legal"], "no agent named 'legal'"),
+        (["refresh", "bad!id", "--agent", "quick"], "must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63} (invalid_project_id)"),
+        (["cancel", "idle", "--agent", "quick"], "no queued or running 'quick' job for project 'idle'"),
+        (["watch", "p", "--agent", "legal"], "no agent named 'legal'"),
+        (["watch", "p", "--transport", "pigeon"], "invalid choice: 'pigeon'"),
+        (["refresh", "p", "--agent", "quick", "--timeout", "0"], "'0' is not a number of seconds greater than 0"),
+        (["status", "p", "--url", "ftp://example.com"], "'ftp://example.com' is not a server URL"),
+    ],
+)
+def test_usage_errors_and_refused_input_exit_2_with_the_reason(fast: JobcastServer, args: list[str], says: str) -> None:
+    """Bad usage, and input the server refuses, exit 2 with the reason (the server's message) and no traceback."""
+    result = jobcast(*args, *(["--url", fast.url] if "--url" not in args else []))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["watch", "p"], ["refresh", "p", "--agent", "quick"], ["status", "p", "--json"], ["cancel", "p", "--agent", "q"]],
+)
+def test_an_unreachable_server_exits_69_in_one_line(args: list[str]) -> None:
+    """Every command says in one line that it cannot reach the server, and exits 69."""
+    url = f"http://127.0.0.1:{free_port()}"
+    result = jobcast(*args, "--url", url)
+    assert result.returncode == 69
+    assert one_clean_line(result.stderr) == f"jobcast: cannot reach the jobcast server at {url}: connection refused"
+    assert result.stdout == ""
+
+
+def test_a_bug_is_one_line_and_exit_70(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unexpected exception in a command is reported in one line, not a traceback."""
+
+    async def broken(options: Any, out: Any) -> Any:
+        raise RuntimeError("the flux capacitor")
+
+    monkeypatch.setitem(commands.COMMANDS, "status", broken)
+    assert client_cli.main(["status", "p"]) == 70
+    assert capsys.readouterr().err == "jobcast: internal error: RuntimeError: the flux capacitor (please report this)\n"
+
+
+# -- watch, Ctrl-C and the terminal ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("output", ["--json", "plain"])
+def test_watch_follows_until_ctrl_c_then_exits_130(fast: JobcastServer, output: str) -> None:
+    """watch shows the snapshot and each transition live; Ctrl-C ends it with 130 and no traceback."""
+    project = f"watch-{output.strip('-')}"
+    json_flag = [output] if output == "--json" else []
+    with spawn("watch", project, "--agent", "quick", "--url", fast.url, *json_flag) as watcher:
+        watcher.stdout.until(lambda line: "snapshot" in line or line.startswith("quick "))
+        httpx.post(f"{fast.url}/api/projects/{project}/agents/quick/refresh")
+        watcher.stdout.until(is_job("completed") if json_flag else lambda line: "completed" in line)
+        watcher.process.send_signal(signal.SIGINT)
+        assert watcher.process.wait(WAIT) == 130
+    seen = watcher.stdout.seen
+    assert watcher.stderr == ""
+    if output == "--json":
+        types = [record["type"] for record in records(seen)]
+        assert types[0] == "snapshot" and types.count("job") == 3
+    else:
+        assert seen[-1].split()[:2] == ["quick", "completed"] and not ANSI.search("".join(seen))
+
+
+def pty(*args: str) -> pexpect.spawn:
+    command, *rest = interruptible(*args)
+    return pexpect.spawn(
+        command, rest, env={**os.environ, "TERM": "xterm-256color"}, dimensions=(24, 120), encoding="utf-8",
+        timeout=WAIT,
+    )  # fmt: skip
+
+
+def test_refresh_in_a_terminal_draws_the_live_display_and_ends_cleanly(fast: JobcastServer) -> None:
+    """Under a pseudo-terminal, refresh draws bars and percents, then restores the cursor and prints the headline."""
+    child = pty("refresh", "tty", "--agent", "financial", "--url", fast.url)
+    child.expect("jobcast · tty")
+    child.expect(r"financial.*running.*━.*\d+%")
+    child.expect(re.escape(financial_figures("tty")["summary"]))
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    headline = re.escape(financial_figures("tty")["summary"])
+    assert re.search(r"\x1b\[\?25h\r?\n?financial +completed +\d\.\ds  " + headline + r"\r\n$", child.before)
+
+
+def test_watch_in_a_terminal_stops_cleanly_on_ctrl_c(fast: JobcastServer) -> None:
+    """Under a pseudo-terminal, watch draws its table and Ctrl-C ends it with 130, the cursor restored."""
+    child = pty("watch", "tty-watch", "--url", fast.url)
+    child.expect(r"jobcast · tty-watch")
+    child.expect(r"performance.*idle")
+    child.expect("over ws")
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
+    assert "\x1b[?25h" in child.before and "Traceback" not in child.before
+
+
+# -- resume after the server goes away mid-job ------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_refresh_resumes_after_the_server_dies_mid_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server is killed mid-job and restarted on the same port and store: refresh resumes from its cursor."""
+    port = free_port()
+    monkeypatch.setattr(servers, "free_port", lambda: port)
+    args = ["--store", f"sqlite:///{tmp_path / 'jobs.db'}", *SLOW]
+    refresh = ["refresh", "crash", "--agent", "sleepy", "--json"]
+    with jobcast_server(args, tmp_path / "server.log") as server, spawn(*refresh, "--url", server.url) as follower:
+        follower.stdout.until(is_job("running"))
+        server.kill()
+        with jobcast_server(args, tmp_path / "server.log"):
+            assert follower.process.wait(2 * WAIT) == 1
+    output = records(follower.stdout.seen)
+    transitions = [(r["seq"], r["job"]["status"]) for r in output if r["type"] == "job"]
+    assert transitions == [(1, "queued"), (2, "running"), (3, "failed")]
+    assert output[-1]["type"] == "final" and output[-1]["job"]["error"]["code"] == "interrupted"
+    assert "lost the connection" in follower.stderr and "Traceback" not in follower.stderr
+    assert "reconnected over ws; resumed after seq 2" in follower.stderr
