@@ -327,7 +327,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ]
         axis.errorbar(sizes, medians, yerr=errors, marker="o", capsize=3, label=LABELS[kind])
     axis.set_xlabel("subscribers on one project")
-    axis.set_ylabel("p99 delivery latency (ms)")
+    axis.set_ylabel("p99 delivery latency (ms, log scale)")
+    axis.set_yscale("log")
     axis.set_title("Fan-out latency against subscribers")
     axis.grid(True, alpha=0.3)
     axis.legend()
