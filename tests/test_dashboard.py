@@ -31,6 +31,24 @@ async def open_project(page: Page, live: Live, project_id: str) -> None:
     )
 
 
+async def block_websockets(page: Page) -> None:
+    """Refuse every WebSocket the page opens, as a proxy that blocks them would."""
+
+    async def refuse(ws: WebSocketRoute) -> None:
+        await ws.close(code=4403, reason="blocked by the test")
+
+    await page.route_web_socket(re.compile(r".*/ws/.*"), refuse)
+
+
+async def follow_a_gated_job(page: Page) -> None:
+    """Start the gated agent, see it run, open its gate, see it complete."""
+    gated = card(page, "gated")
+    await gated.locator("[data-role=refresh]").click()
+    await expect(gated).to_have_attribute("data-state", "running", timeout=TIMEOUT_MS)
+    GatedAgent.gate.set()
+    await expect(gated).to_have_attribute("data-state", "completed", timeout=TIMEOUT_MS)
+
+
 def polling_requests(requests: list[Request]) -> list[str]:
     return [
         r.url
@@ -114,18 +132,10 @@ async def test_with_websockets_blocked_the_page_falls_back_and_follows_a_job() -
     """When every WebSocket is refused, the page falls back to SSE and still follows a job to the end."""
     async with live_server() as live, chromium() as browser:
         page = await browser.new_page()
-
-        async def refuse(ws: WebSocketRoute) -> None:
-            await ws.close(code=4403, reason="blocked by the test")
-
-        await page.route_web_socket(re.compile(r".*/ws/.*"), refuse)
+        await block_websockets(page)
         await page.goto(f"{live.url}/projects/acme")
         await expect(page.locator("body")).to_have_attribute("data-connection", "fallback", timeout=TIMEOUT_MS * 2)
-        gated = card(page, "gated")
-        await gated.locator("[data-role=refresh]").click()
-        await expect(gated).to_have_attribute("data-state", "running", timeout=TIMEOUT_MS)
-        GatedAgent.gate.set()
-        await expect(gated).to_have_attribute("data-state", "completed", timeout=TIMEOUT_MS)
+        await follow_a_gated_job(page)
 
 
 async def test_the_pure_update_logic() -> None:
@@ -185,17 +195,9 @@ async def test_with_websockets_and_sse_blocked_the_page_long_polls() -> None:
     """With WebSockets refused and the SSE stream blocked, the page long-polls and still follows a job."""
     async with live_server() as live, chromium() as browser:
         page = await browser.new_page()
-
-        async def refuse(ws: WebSocketRoute) -> None:
-            await ws.close(code=4403, reason="blocked by the test")
-
-        await page.route_web_socket(re.compile(r".*/ws/.*"), refuse)
+        await block_websockets(page)
         await page.route(re.compile(r".*/events/stream.*"), lambda route: route.abort())
         await page.goto(f"{live.url}/projects/acme")
         await expect(page.locator("body")).to_have_attribute("data-transport", "poll", timeout=TIMEOUT_MS * 3)
         await expect(page.locator("body")).to_have_attribute("data-connection", "fallback", timeout=TIMEOUT_MS)
-        gated = card(page, "gated")
-        await gated.locator("[data-role=refresh]").click()
-        await expect(gated).to_have_attribute("data-state", "running", timeout=TIMEOUT_MS)
-        GatedAgent.gate.set()
-        await expect(gated).to_have_attribute("data-state", "completed", timeout=TIMEOUT_MS)
+        await follow_a_gated_job(page)
