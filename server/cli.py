@@ -60,12 +60,29 @@ def serve(argv: Sequence[str]) -> int:
 
 
 def run_server(app: object, settings: Settings) -> int:
-    import uvicorn
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
-    uvicorn.Server(uvicorn_config(app, settings)).run()
+    graceful_server(uvicorn_config(app, settings)).run()
     _exit_despite_stuck_agents()
     return 0
+
+
+def graceful_server(config: uvicorn.Config) -> uvicorn.Server:
+    """A uvicorn server that tells open SSE streams and long-polls to end when shutdown begins.
+
+    uvicorn waits for every open HTTP response before it stops, and those never end by
+    themselves; ``--shutdown-grace`` remains the backstop if one does not end.
+    """
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            hub = getattr(self, "lifespan", None) and self.lifespan.state.get("hub")
+            if hub is not None:
+                hub.closing.set()
+            await super().shutdown(sockets)
+
+    return GracefulServer(config)
 
 
 def uvicorn_config(app: object, settings: Settings, **overrides: Any) -> uvicorn.Config:

@@ -17,7 +17,7 @@ import json
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -26,6 +26,8 @@ from .jobs import Event, isoformat, now
 from .store import Store
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: How many finished job ids a channel remembers, to drop progress that races a final state.
 _FINISHED_MEMORY = 1024
@@ -242,6 +244,8 @@ class Hub:
         self._send_buffer = send_buffer
         self._channels: dict[str, Channel] = {}
         self._latest: dict[str, dict[str, ProgressUpdate]] = {}
+        #: set when the server begins to shut down: open streams and long-polls end at once
+        self.closing = anyio.Event()
 
     @property
     def subscriber_count(self) -> int:
@@ -274,6 +278,21 @@ class Hub:
         if not channel.subscribers:
             channel.scope.cancel()
             del self._channels[project_id]
+
+    async def unless_closing(self, awaitable: Coroutine[Any, Any, T], default: T) -> T:
+        """Await ``awaitable``, or return ``default`` as soon as the server starts shutting down."""
+        result = default
+        async with anyio.create_task_group() as tasks:
+
+            async def run() -> None:
+                nonlocal result
+                result = await awaitable
+                tasks.cancel_scope.cancel()
+
+            tasks.start_soon(run)
+            await self.closing.wait()
+            tasks.cancel_scope.cancel()
+        return result
 
     def new_subscription(self) -> Subscription:
         return Subscription(self._send_buffer)

@@ -240,6 +240,7 @@ class EventStream:
             tasks.start_soon(self._stream, send, sub, tasks.cancel_scope)
             tasks.start_soon(_wait_for_disconnect, receive, tasks.cancel_scope)
             tasks.start_soon(_cancel_on, sub.overflowed, tasks.cancel_scope)
+            tasks.start_soon(_cancel_on, self.services.hub.closing, tasks.cancel_scope)
         with anyio.move_on_after(1):
             try:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -317,7 +318,11 @@ async def poll_events(request: Request) -> JSONResponse:
         }
     else:
         events = await store.events_after(project_id, decision.after, _REPLAY_BATCH)
-        if not events and wait and await store.wait_for_events(project_id, decision.after, wait):
+        if (
+            not events
+            and wait
+            and await services.hub.unless_closing(store.wait_for_events(project_id, decision.after, wait), False)
+        ):
             events = await store.events_after(project_id, decision.after, _REPLAY_BATCH)
         seq = events[-1].seq if events else decision.after
         body = {"epoch": store.epoch, "seq": seq, "recovered": True, "events": [e.to_dict() for e in events]}

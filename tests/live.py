@@ -20,7 +20,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from server.app import create_app
-from server.cli import uvicorn_config
+from server.cli import graceful_server, uvicorn_config
 from server.engine import Engine
 from server.hub import Hub
 from server.settings import Settings
@@ -85,7 +85,7 @@ async def live_server(**overrides: Any) -> AsyncIterator[Live]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
+    server = graceful_server(uvicorn_config(app, settings, log_level="warning"))
     with sock:
         async with _serving(server, sock) as state, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
             yield Live(port=port, engine=state["engine"], hub=state["hub"], http=http)

@@ -112,3 +112,38 @@ def test_the_app_is_an_asgi_factory_for_uvicorn(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(WAIT)
+
+
+def test_sigterm_ends_open_streams_and_long_polls_cleanly(tmp_path: Path) -> None:
+    """Open SSE streams and long-polls end at once on SIGTERM: the poll gets its reply, the log no traceback."""
+    import threading
+
+    with jobcast_server(["--store", "memory://", "--shutdown-grace", "30"], tmp_path / "server.log") as server:
+        epoch = httpx.get(f"{server.url}/api/projects/p1/events", params={"wait": 0}).json()["epoch"]
+        replies: list[int] = []
+        stream_ended = threading.Event()
+
+        def long_poll() -> None:
+            params = {"epoch": epoch, "after": 0, "wait": 30}
+            replies.append(httpx.get(f"{server.url}/api/projects/p1/events", params=params, timeout=WAIT).status_code)
+
+        def stream() -> None:
+            with httpx.stream("GET", f"{server.url}/api/projects/p1/events/stream", timeout=WAIT) as response:
+                for _ in response.iter_lines():
+                    pass
+            stream_ended.set()
+
+        threads = [threading.Thread(target=long_poll), threading.Thread(target=stream)]
+        threads[0].start()
+        poll_until(f"{server.url}/healthz", "status", {"ok"})  # the long-poll went out first
+        threads[1].start()
+        deadline = time.monotonic() + WAIT
+        while httpx.get(f"{server.url}/healthz").json()["subscribers"] != 1:  # the stream has joined
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        server.stop()  # with a 30 s grace, only the early end of the streams makes this return in time
+        for thread in threads:
+            thread.join(WAIT)
+        assert replies == [200] and stream_ended.is_set()
+    log = (tmp_path / "server.log").read_text()
+    assert "Traceback" not in log and "timeout graceful shutdown exceeded" not in log
