@@ -6,7 +6,6 @@ import asyncio
 import os
 import resource
 import socket
-import time
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -93,7 +92,3 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[index]
-
-
-def monotonic_deadline(seconds: float) -> float:
-    return time.monotonic() + seconds

