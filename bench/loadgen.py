@@ -348,7 +348,7 @@ async def status(config: dict[str, Any]) -> None:
                 for index in range(config["workers"]):
                     await http.post(f"/api/projects/busy{index}/agents/busy/refresh")
                 health = (await http.get("/healthz")).json()
-                assert health["busy_workers"] == config["workers"], health
+                assert health["busy_threads"] == config["workers"], health
             latencies = []
             for _ in range(requests):
                 started = time.perf_counter()

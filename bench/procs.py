@@ -38,7 +38,7 @@ def server_command(kind: str, port: int, workers: int = 8, demo_seconds: float =
         agents = ["bench.agents:Instant", "bench.agents:Busy", *PULSE_AGENTS]
         return [
             sys.executable, "-m", "server", "serve", "--port", str(port), "--store", "memory://",
-            "--log-level", "warning", "--workers", str(workers), "--demo-seconds", str(demo_seconds),
+            "--log-level", "warning", "--threads", str(workers), "--demo-seconds", str(demo_seconds),
             "--send-buffer", "100000", *[arg for agent in agents for arg in ("--agent", agent)],
         ]  # fmt: skip
     return [sys.executable, "-m", "bench.peers", kind, str(port)]

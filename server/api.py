@@ -86,8 +86,8 @@ async def healthz(request: Request) -> JSONResponse:
             "status": "ok",
             "store": engine.store.kind,
             "epoch": engine.store.epoch,
-            "workers": engine.config.workers,
-            "busy_workers": engine.busy_workers,
+            "threads": engine.config.threads,
+            "busy_threads": engine.busy_threads,
             "subscribers": request.state.hub.subscriber_count,
         }
     )

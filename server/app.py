@@ -35,7 +35,7 @@ def create_app(
     agents = agents if agents is not None else load_agents(settings.agents)
     store = store if store is not None else store_from_url(settings.store)
     config = EngineConfig(
-        workers=settings.workers,
+        threads=settings.threads,
         job_timeout=settings.job_timeout,
         demo_seconds=settings.demo_seconds,
         progress_interval=settings.progress_interval,
@@ -53,11 +53,11 @@ def create_app(
                 engine = Engine(store, agents, config, task_group, progress_sink=hub)
                 await engine.recover("the server stopped before the job finished")
                 logger.info(
-                    "jobcast ready: store %s (epoch %s), agents %s, %d workers",
+                    "jobcast ready: store %s (epoch %s), agents %s, %d threads",
                     store.kind,
                     store.epoch,
                     ", ".join(agents),
-                    config.workers,
+                    config.threads,
                 )
                 yield {"engine": engine, "hub": hub, "push": push_config}
                 await engine.shutdown()

@@ -35,7 +35,7 @@ PROGRESS_WRITES_PER_SECOND = 10
 
 @dataclasses.dataclass(kw_only=True)
 class EngineConfig:
-    workers: int = 8
+    threads: int = 8
     job_timeout: float = 600.0
     demo_seconds: float = 20.0
     progress_interval: float = 1.0
@@ -107,9 +107,9 @@ class Engine:
         self.config = config
         self._task_group = task_group
         # Slots are held from "running" until the thread really returns, even after a
-        # timeout, so --workers is a true bound on agent threads.
-        self._slots = anyio.CapacityLimiter(config.workers)
-        self._threads = anyio.CapacityLimiter(config.workers)
+        # timeout, so --threads is a true bound on agent threads.
+        self._slots = anyio.CapacityLimiter(config.threads)
+        self._threads = anyio.CapacityLimiter(config.threads)
         self._runs: dict[str, _Run] = {}
 
     # -- what the API calls ----------------------------------------------------
@@ -124,7 +124,7 @@ class Engine:
         return agent_timeout(agent, self.config.job_timeout)
 
     @property
-    def busy_workers(self) -> int:
+    def busy_threads(self) -> int:
         return int(self._slots.borrowed_tokens)
 
     async def start(self, project_id: str, agent_name: str) -> tuple[Job, bool]:

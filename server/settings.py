@@ -45,6 +45,15 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false")
+
+
 def _log_level(text: str) -> str:
     level = text.lower()
     if level not in {"critical", "error", "warning", "info", "debug"}:
@@ -70,13 +79,17 @@ class _Option:
     name: str
     parse: Callable[[str], Any]
     help: str
+    #: a switch: ``--flag`` on the command line, true/false in the environment
+    flag: bool = False
 
 
 _OPTIONS = (
     _Option("host", str, "address to bind"),
     _Option("port", _port, "port to bind (0 picks a free one)"),
-    _Option("store", str, "where jobs live: sqlite:///path.db or memory://"),
-    _Option("workers", _positive_int, "agent jobs that run at once"),
+    _Option("store", str, "where jobs live: sqlite:///path.db, redis://host:6379/0 or memory://"),
+    _Option("workers", _positive_int, "server processes; more than 1 needs a redis:// store"),
+    _Option("threads", _positive_int, "agent jobs that run at once in each process"),
+    _Option("lease_seconds", _positive_float, "how long a job's lease lasts unless its process renews it (redis://)"),
     _Option("job_timeout", _positive_float, "seconds before a job times out, unless its agent sets one"),
     _Option("demo_seconds", _non_negative_float, "how long the built-in demo agents take"),
     _Option("log_level", _log_level, "debug, info, warning or error"),
@@ -88,6 +101,13 @@ _OPTIONS = (
     _Option("sse_keepalive", _positive_float, "seconds between keep-alive comments on an idle SSE stream"),
     _Option("shutdown_grace", _positive_float, "seconds open streams and long-polls get to finish at shutdown"),
     _Option("allowed_origins", _origin_list, "comma-separated browser origins allowed besides the server's own"),
+    _Option("secret", str, "signing key for access tokens; without one jobcast runs open"),
+    _Option("require_auth", _boolean, "refuse to start without --secret", flag=True),
+    _Option("max_connections_per_client", _positive_int, "open WebSockets and streams per client address"),
+    _Option("starts_per_minute", _positive_int, "job starts one token (or client address) may make per minute"),
+    _Option("ws_messages_per_second", _positive_int, "messages a WebSocket client may send per second"),
+    _Option("max_queued", _positive_int, "queued jobs this process holds before refusing with queue_full"),
+    _Option("ws_compression", _boolean, "offer permessage-deflate on WebSockets", flag=True),
 )
 
 
@@ -97,7 +117,9 @@ class Settings:
     port: int = 8000
     store: str = "sqlite:///jobcast.db"
     agents: tuple[str, ...] = DEFAULT_AGENTS
-    workers: int = 8
+    workers: int = 1
+    threads: int = 8
+    lease_seconds: float = 15.0
     job_timeout: float = 600.0
     demo_seconds: float = 20.0
     log_level: str = "info"
@@ -109,6 +131,13 @@ class Settings:
     sse_keepalive: float = 15.0
     shutdown_grace: float = 3.0
     allowed_origins: tuple[str, ...] = ()
+    secret: str | None = dataclasses.field(default=None, repr=False)
+    require_auth: bool = False
+    max_connections_per_client: int = 50
+    starts_per_minute: int = 30
+    ws_messages_per_second: int = 20
+    max_queued: int = 100
+    ws_compression: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -166,12 +195,24 @@ def build_serve_parser(parser: argparse.ArgumentParser | None = None) -> argpars
     for option in _OPTIONS:
         flag = "--" + option.name.replace("_", "-")
         default = getattr(defaults, option.name)
+        if option.flag:
+            parser.add_argument(
+                flag,
+                dest=option.name,
+                action="store_const",
+                const=True,
+                default=None,
+                help=f"{option.help} (env {_env_name(option.name)}=true)",
+            )
+            continue
+        if default in ((), None) or option.name == "secret":
+            default = "none"  # never print a secret, even a default one
         parser.add_argument(
             flag,
             dest=option.name,
             type=_argparse_type(option.parse),
             default=None,
-            help=f"{option.help} (env {_env_name(option.name)}, default {default if default != () else 'none'})",
+            help=f"{option.help} (env {_env_name(option.name)}, default {default})",
         )
     parser.add_argument(
         "--agent",

@@ -53,7 +53,7 @@ async def test_agents_and_health(make_app: MakeApp) -> None:
         by_name = {a["name"]: a["timeout_s"] for a in agents}
         assert by_name["stubborn"] == 0.2 and by_name["quick"] == 42
         health = (await app.http.get("/healthz")).json()
-        assert health["status"] == "ok" and health["store"] == "memory" and health["workers"] == 8
+        assert health["status"] == "ok" and health["store"] == "memory" and health["threads"] == 8
 
 
 async def test_legacy_routes_keep_the_old_contract(make_app: MakeApp) -> None:

@@ -74,7 +74,7 @@ async def test_concurrent_starts_make_one_job(make_app: MakeApp) -> None:
 
 async def test_reads_answer_while_every_worker_is_busy(make_app: MakeApp) -> None:
     """With all workers blocked in agent threads, GET endpoints still answer and new jobs queue."""
-    async with make_app(workers=2) as app:
+    async with make_app(threads=2) as app:
         for project in ("p1", "p2"):
             await app.http.post(f"/api/projects/{project}/agents/gated/refresh")
         await gate_started(2)
@@ -83,7 +83,7 @@ async def test_reads_answer_while_every_worker_is_busy(make_app: MakeApp) -> Non
             health = (await app.http.get("/healthz")).json()
             status = await app.http.get("/api/projects/p1")
             legacy = await app.http.get("/gated_agent/processing_status/p3")
-        assert health["busy_workers"] == 2
+        assert health["busy_threads"] == 2
         assert status.json()["agents"]["gated"]["job"]["status"] == "running"
         assert legacy.json()["job_status"] == "queued"
         assert (await app.engine.store.get_job(queued["job_id"])).status.value == "queued"  # type: ignore[union-attr]
@@ -93,18 +93,18 @@ async def test_reads_answer_while_every_worker_is_busy(make_app: MakeApp) -> Non
 
 async def test_a_timeout_is_on_time_even_if_the_thread_ignores_it(make_app: MakeApp) -> None:
     """The job times out at its limit; the late result is discarded and the slot stays busy until the thread returns."""
-    async with make_app(workers=1) as app:
+    async with make_app(threads=1) as app:
         job = (await app.http.post("/api/projects/p1/agents/stubborn/refresh")).json()["job"]
         timed_out = await app.wait_for(job["job_id"], status_is("timed_out"))
         assert timed_out.error is not None and timed_out.error.code == "timed_out"
         assert "0.2 s" in timed_out.error.message
-        assert app.engine.busy_workers == 1  # the thread has not returned yet
+        assert app.engine.busy_threads == 1  # the thread has not returned yet
         seq_at_timeout = await app.engine.store.last_seq("p1")
 
         StubbornAgent.gate.set()
         assert await anyio.to_thread.run_sync(StubbornAgent.returned.wait, WAIT)
         with anyio.fail_after(WAIT):
-            while app.engine.busy_workers:  # noqa: ASYNC110 - a counter, no event to await
+            while app.engine.busy_threads:  # noqa: ASYNC110 - a counter, no event to await
                 await anyio.sleep(0.01)
         final = await app.engine.store.get_job(job["job_id"])
         assert final is not None and final.status.value == "timed_out" and final.result is None
@@ -113,7 +113,7 @@ async def test_a_timeout_is_on_time_even_if_the_thread_ignores_it(make_app: Make
 
 async def test_cancelling_a_queued_job_is_immediate(make_app: MakeApp) -> None:
     """A queued job is cancelled at once and never runs."""
-    async with make_app(workers=1) as app:
+    async with make_app(threads=1) as app:
         await app.http.post("/api/projects/p1/agents/gated/refresh")
         await gate_started()
         queued = (await app.http.post("/api/projects/p2/agents/gated/refresh")).json()["job"]

@@ -195,7 +195,7 @@ async def test_nothing_follows_a_final_state() -> None:
         assert seen[-1]["job"]["status"] == "timed_out"
         StubbornAgent.gate.set()
         assert await anyio.to_thread.run_sync(StubbornAgent.returned.wait, WAIT)
-        await live.wait_until(lambda: live.engine.busy_workers == 0)
+        await live.wait_until(lambda: live.engine.busy_threads == 0)
         await run_quick_jobs(live, "p1", 1)  # a marker: everything before it has been sent
         after = await receive_until(ws, lambda m: m["type"] == "job" and m["agent"] == "quick" and is_final(m))
         assert not [

@@ -19,7 +19,7 @@ def test_defaults() -> None:
     settings = Settings.from_args([], environ={})
     assert settings == Settings()
     assert (settings.host, settings.port, settings.store) == ("127.0.0.1", 8000, "sqlite:///jobcast.db")
-    assert settings.agents == DEFAULT_AGENTS and settings.workers == 8 and settings.job_timeout == 600
+    assert settings.agents == DEFAULT_AGENTS and settings.threads == 8 and settings.job_timeout == 600
 
 
 def test_variables_fill_in_and_options_win() -> None:
@@ -29,7 +29,7 @@ def test_variables_fill_in_and_options_win() -> None:
         "JOBCAST_PORT": "9000",
         "JOBCAST_STORE": "memory://",
         "JOBCAST_AGENTS": "tests.agents:QuickAgent, tests.agents:GatedAgent",
-        "JOBCAST_WORKERS": "3",
+        "JOBCAST_THREADS": "3",
         "JOBCAST_JOB_TIMEOUT": "12.5",
         "JOBCAST_DEMO_SECONDS": "0",
         "JOBCAST_LOG_LEVEL": "WARNING",
@@ -40,13 +40,13 @@ def test_variables_fill_in_and_options_win() -> None:
         port=9000,
         store="memory://",
         agents=("tests.agents:QuickAgent", "tests.agents:GatedAgent"),
-        workers=3,
+        threads=3,
         job_timeout=12.5,
         demo_seconds=0.0,
         log_level="warning",
     )
     overridden = Settings.from_args(["--port", "9100", "--agent", "x:y", "--agent", "z:w"], environ=environ)
-    assert overridden.port == 9100 and overridden.agents == ("x:y", "z:w") and overridden.workers == 3
+    assert overridden.port == 9100 and overridden.agents == ("x:y", "z:w") and overridden.threads == 3
 
 
 @pytest.mark.parametrize(
@@ -60,11 +60,11 @@ def test_a_bad_variable_names_itself(name: str, value: str) -> None:
 
 
 def test_a_bad_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    """jobcast serve --workers 0 exits 2 with argparse's one-line usage error."""
+    """jobcast serve --threads 0 exits 2 with argparse's one-line usage error."""
     with pytest.raises(SystemExit) as exited:
-        main(["serve", "--workers", "0"])
+        main(["serve", "--threads", "0"])
     assert exited.value.code == 2
-    assert "--workers" in capsys.readouterr().err
+    assert "--threads" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
