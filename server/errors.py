@@ -8,6 +8,7 @@ The tree::
     ├── JobNotFound              404
     ├── NothingToCancel          409
     ├── StoreUnavailable         503
+    ├── QueueFull                503, this process already holds --max-queued queued jobs
     ├── IllegalTransition        500, a bug: the engine asked for a move the state machine forbids
     └── StaleJob                 409, a compare-and-set lost: someone else changed the job first
     ConfigError                  bad settings or agent spec; stops start-up, never reaches HTTP
@@ -80,6 +81,15 @@ class NothingToCancel(JobcastError):
 class StoreUnavailable(JobcastError):
     code = "store_unavailable"
     http_status = 503
+
+
+class QueueFull(JobcastError):
+    code = "queue_full"
+    http_status = 503
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this server already has {limit} queued jobs; try again once some have started")
+        self.limit = limit
 
 
 class IllegalTransition(JobcastError):
