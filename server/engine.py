@@ -7,10 +7,12 @@ timed out or was cancelled can never be finished a second time by a late thread.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping
+import random
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import anyio
@@ -21,9 +23,8 @@ from anyio.abc import TaskGroup
 from agents import Agent
 
 from .context import RunContext
-from .errors import NothingToCancel, StaleJob, UnknownAgent
-from .hub import ProgressUpdate
-from .jobs import Event, Job, JobError, JobStatus, Progress
+from .errors import NothingToCancel, QueueFull, StaleJob, StoreUnavailable, UnknownAgent
+from .jobs import Event, Job, JobError, JobStatus, Progress, ProgressUpdate
 from .plugins import agent_timeout
 from .store import Store
 
@@ -36,6 +37,8 @@ PROGRESS_WRITES_PER_SECOND = 10
 @dataclasses.dataclass(kw_only=True)
 class EngineConfig:
     threads: int = 8
+    #: queued jobs this process holds before it refuses more with queue_full
+    max_queued: int = 100
     job_timeout: float = 600.0
     demo_seconds: float = 20.0
     progress_interval: float = 1.0
@@ -111,6 +114,8 @@ class Engine:
         self._slots = anyio.CapacityLimiter(config.threads)
         self._threads = anyio.CapacityLimiter(config.threads)
         self._runs: dict[str, _Run] = {}
+        #: jobs this process accepted and has not finished, queued or running; it holds their leases
+        self._owned: set[str] = set()
 
     # -- what the API calls ----------------------------------------------------
 
@@ -127,13 +132,27 @@ class Engine:
     def busy_threads(self) -> int:
         return int(self._slots.borrowed_tokens)
 
+    @property
+    def queued_here(self) -> int:
+        return len(self._owned) - len(self._runs)
+
     async def start(self, project_id: str, agent_name: str) -> tuple[Job, bool]:
         """Queue a job, or return the one already queued or running (deduplicated)."""
         agent = self.agent(agent_name)
+        if self.queued_here >= self.config.max_queued:
+            return await self._active_or_queue_full(project_id, agent_name)
         job, deduplicated = await self.store.create_job(Job.new(project_id, agent_name))
         if not deduplicated:
+            self._owned.add(job.job_id)
             self._task_group.start_soon(self._run_guarded, job, agent, name=f"job {job.job_id}")
         return job, deduplicated
+
+    async def _active_or_queue_full(self, project_id: str, agent_name: str) -> tuple[Job, bool]:
+        # A start that would be deduplicated costs no queue space, so it still succeeds.
+        active = await self.store.latest_job(project_id, agent_name)
+        if active is not None and active.status.is_active:
+            return active, True
+        raise QueueFull(self.config.max_queued)
 
     async def cancel(self, project_id: str, agent_name: str) -> Job:
         """Cancel a queued job at once; ask a running one to stop at its next check."""
@@ -166,21 +185,53 @@ class Engine:
     # -- lifecycle -----------------------------------------------------------------
 
     async def recover(self, reason: str) -> int:
-        """Fail every job left queued or running by a process that is gone."""
+        """Fail every job left queued or running by a process that is gone.
+
+        With a shared store that means jobs whose lease expired; with an embedded one,
+        every active job this process does not run.
+        """
         count = 0
-        for job in await self.store.active_jobs():
-            if job.job_id not in self._runs and await self._interrupt(job, reason):
+        for job in await self.store.orphaned_jobs():
+            if job.job_id not in self._owned and await self._interrupt(job, reason):
                 count += 1
         if count:
             logger.warning("marked %d interrupted job(s) as failed: %s", count, reason)
         return count
 
+    async def keep_leases(self) -> None:
+        """For a shared store: renew this process's leases and end other processes' orphans.
+
+        Runs for the life of the app. It also hears of cancels asked through another
+        process, and notices a Redis restart (a new epoch) even when nothing else is going on.
+        """
+        tick = min(1.0, self.store.lease_seconds / 3)
+        while True:
+            try:
+                await self._lease_round()
+            except StoreUnavailable:
+                pass  # the store logged it once; the next round retries
+            await anyio.sleep(tick)
+
+    async def _lease_round(self) -> None:
+        await self.store.check_epoch()
+        report = await self.store.renew_leases(sorted(self._owned))
+        for job_id in report.lost | report.cancel_requested:
+            run = self._runs.get(job_id)
+            if run is not None:
+                run.ctx.cancel()  # a lost job's outcome is discarded by the compare-and-set anyway
+        await self.recover("the process running the job stopped renewing its lease")
+
     async def shutdown(self) -> None:
         """Stop taking work: tell running agents to stop and fail what cannot finish now."""
         for run in self._runs.values():
             run.ctx.cancel()
-        for job in await self.store.active_jobs():
-            await self._interrupt(job, "the server shut down before the job finished")
+        try:
+            for job_id in sorted(self._owned):
+                job = await self.store.get_job(job_id)
+                if job is not None and job.status.is_active:
+                    await self._interrupt(job, "the server shut down before the job finished")
+        except StoreUnavailable:
+            logger.warning("the store is unavailable at shutdown; this process's jobs end when their leases expire")
 
     async def _interrupt(self, job: Job, reason: str) -> bool:
         failed = job.transition(JobStatus.FAILED, error=JobError(code="interrupted", message=reason))
@@ -196,9 +247,15 @@ class Engine:
         """A job's task. A bug here must not take the task group, and the server, down."""
         try:
             await self._run(job, agent)
+        except StoreUnavailable:
+            logger.warning(
+                "job %s of %s/%s lost its store; its lease will expire", job.job_id, job.project_id, job.agent
+            )
         except Exception:
             logger.exception("job %s of %s/%s crashed in the engine", job.job_id, job.project_id, job.agent)
             await self._fail_after_crash(job.job_id)
+        finally:
+            self._owned.discard(job.job_id)
 
     async def _run(self, job: Job, agent: Agent) -> None:
         async with self._slots:
@@ -266,20 +323,27 @@ class Engine:
         run.final = True
         self._sink.job_ended(run.job.project_id, run.job.job_id)
         with anyio.CancelScope(shield=True):
-            current = await self.store.get_job(run.job.job_id)
-            if current is None or current.status is not JobStatus.RUNNING:
-                logger.info(
-                    "job %s is already %s; discarding its %s outcome",
-                    run.job.job_id,
-                    current and current.status.value,
-                    status.value,
-                )
-                return
-            final = current.with_progress(run.progress).transition(status, result=result, error=error)
-            try:
-                await self.store.update_job(final, JobStatus.RUNNING)
-            except StaleJob:
-                logger.info("job %s finished elsewhere first; discarding its %s outcome", run.job.job_id, status.value)
+            await retry_while_unavailable(
+                self._write_final, run, status, result, error, give_up=self.store.lease_seconds
+            )
+
+    async def _write_final(
+        self, run: _Run, status: JobStatus, result: dict[str, Any] | None, error: JobError | None
+    ) -> None:
+        current = await self.store.get_job(run.job.job_id)
+        if current is None or current.status is not JobStatus.RUNNING:
+            logger.info(
+                "job %s is already %s; discarding its %s outcome",
+                run.job.job_id,
+                current and current.status.value,
+                status.value,
+            )
+            return
+        final = current.with_progress(run.progress).transition(status, result=result, error=error)
+        try:
+            await self.store.update_job(final, JobStatus.RUNNING)
+        except StaleJob:
+            logger.info("job %s finished elsewhere first; discarding its %s outcome", run.job.job_id, status.value)
 
     async def _fail_after_crash(self, job_id: str) -> None:
         with anyio.CancelScope(shield=True):
@@ -315,8 +379,26 @@ class Engine:
             self._sink.publish_progress(run.update())
             if run.progress != written:
                 written = run.progress
-                await self.store.set_progress(run.job.job_id, written)
+                with contextlib.suppress(StoreUnavailable):  # progress is latest-value; the next write catches up
+                    await self.store.set_progress(run.job.job_id, written)
             await anyio.sleep(1 / PROGRESS_WRITES_PER_SECOND)
+
+
+async def retry_while_unavailable(function: Callable[..., Awaitable[None]], *args: Any, give_up: float) -> None:
+    """Call ``function`` until the store answers, backing off, for at most ``give_up`` seconds.
+
+    A finished job waits about as long as its lease: after that another process may end it anyway.
+    """
+    delay = 0.1
+    deadline = anyio.current_time() + give_up
+    while True:
+        try:
+            return await function(*args)
+        except StoreUnavailable:
+            if anyio.current_time() + delay > deadline:
+                raise
+            await anyio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 2.0)
 
 
 def call_agent(agent: Agent, project_id: str, ctx: RunContext) -> Outcome:

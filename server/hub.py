@@ -15,14 +15,15 @@ import dataclasses
 import functools
 import json
 import logging
-import math
+import random
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
 
-from .jobs import Event, isoformat, now
+from .errors import StoreUnavailable
+from .jobs import Event, ProgressUpdate, isoformat, now
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -32,32 +33,6 @@ T = TypeVar("T")
 #: How many finished job ids a channel remembers, to drop progress that races a final state.
 _FINISHED_MEMORY = 1024
 _READ_BATCH = 500
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ProgressUpdate:
-    """A running job's latest percent and message, as the engine publishes it."""
-
-    project_id: str
-    agent: str
-    job_id: str
-    seq: int
-    started_at: float
-    percent: float | None
-    message: str | None
-
-    def to_dict(self, at: float | None = None) -> dict[str, Any]:
-        elapsed = max(0.0, (now() if at is None else at) - self.started_at)
-        return {
-            "type": "progress",
-            "project_id": self.project_id,
-            "agent": self.agent,
-            "job_id": self.job_id,
-            "elapsed_s": round(elapsed, 3),
-            "percent": self.percent,
-            "message": self.message,
-            "seq": self.seq,
-        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,35 +164,76 @@ class Subscription:
         self.holding = False
 
 
+class EpochChanged(Exception):
+    """The store's log was replaced (Redis restarted): cursors of the old epoch cannot continue."""
+
+
+class Backoff:
+    """Exponential backoff with jitter, from 0.1 s up to 2 s."""
+
+    def __init__(self) -> None:
+        self.delay = 0.1
+
+    async def sleep(self) -> None:
+        await anyio.sleep(self.delay * random.uniform(0.5, 1.0))
+        self.delay = min(self.delay * 2, 2.0)
+
+    def reset(self) -> None:
+        self.delay = 0.1
+
+
 class Channel:
     """A project's fan-out in this process. Lives while it has subscribers."""
 
-    def __init__(self, project_id: str, store: Store) -> None:
+    def __init__(
+        self, project_id: str, store: Store, on_progress: Callable[[ProgressUpdate], None] | None = None
+    ) -> None:
         self.project_id = project_id
         self.store = store
+        #: where progress from other processes goes (a shared store brings it with the log)
+        self.on_progress = on_progress or self.publish_progress
         self.subscribers: set[Subscription] = set()
         self.ready = anyio.Event()
+        #: told when a job's final event goes out: its progress is no longer news
+        self.on_final: Callable[[str, str], None] = lambda project_id, job_id: None
+        #: why the channel could not start; its subscribers get the error
+        self.failure: StoreUnavailable | None = None
         self.cursor = 0
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.scope = anyio.CancelScope()
 
     async def run(self) -> None:
         with self.scope:
-            self.cursor = await self.store.last_seq(self.project_id)
-            self.ready.set()
+            try:
+                self.cursor = await self.store.last_seq(self.project_id)
+            except StoreUnavailable as exc:
+                self.failure = exc
+                return
+            finally:
+                self.ready.set()
+            epoch = self.store.epoch
+            follower = self.store.follower(self.project_id)
+            backoff = Backoff()
             while True:
-                events = await self.store.events_after(self.project_id, self.cursor, _READ_BATCH)
-                if not events:
-                    await self.store.wait_for_events(self.project_id, self.cursor, math.inf)
+                try:
+                    events, progress = await follower.next(self.cursor, _READ_BATCH)
+                except StoreUnavailable:
+                    await backoff.sleep()  # the store logged the outage once; pick up where we left off
                     continue
+                backoff.reset()
+                if self.store.epoch != epoch:
+                    raise EpochChanged(f"the store started epoch {self.store.epoch} (was {epoch})")
                 for event in events:
                     self._fan_out(event)
+                for update in progress:
+                    self.on_progress(update)
 
     def _fan_out(self, event: Event) -> None:
         message = event_message(event)  # encoded once for every subscriber
         final = event.job.status.is_final
         if final:
             self._remember_finished(event.job.job_id)
+            self.on_final(self.project_id, event.job.job_id)
         for subscriber in self.subscribers:
             subscriber.push_event(event.seq, message, event.job.job_id, final)
         self.cursor = event.seq
@@ -265,10 +281,14 @@ class Hub:
         """Like :meth:`subscribe` without a context manager; pair it with :meth:`leave`."""
         channel = self._channels.get(project_id)
         if channel is None:
-            channel = self._channels[project_id] = Channel(project_id, self.store)
+            channel = self._channels[project_id] = Channel(project_id, self.store, self._deliver_progress)
+            channel.on_final = self.job_ended
             self._task_group.start_soon(self._run_channel, channel, name=f"channel {project_id}")
         channel.subscribers.add(subscription)  # before waiting, so the channel cannot close under us
         await channel.ready.wait()
+        if channel.failure is not None:
+            self.leave(project_id, subscription)
+            raise channel.failure
 
     def leave(self, project_id: str, subscription: Subscription) -> None:
         channel = self._channels.get(project_id)
@@ -312,6 +332,18 @@ class Hub:
 
     def publish_progress(self, update: ProgressUpdate) -> None:
         """Called by the engine on each tick and report of a running job."""
+        if self.store.shared:
+            # Every process's channel reader, this one's included, gets it back from the store.
+            self._latest.setdefault(update.project_id, {})[update.job_id] = update
+            self._task_group.start_soon(self._share_progress, update)
+        else:
+            self._deliver_progress(update)
+
+    async def _share_progress(self, update: ProgressUpdate) -> None:
+        with contextlib.suppress(StoreUnavailable):  # latest-value: the next tick makes up for it
+            await self.store.publish_progress(update)
+
+    def _deliver_progress(self, update: ProgressUpdate) -> None:
         self._latest.setdefault(update.project_id, {})[update.job_id] = update
         channel = self._channels.get(update.project_id)
         if channel is not None:
@@ -328,12 +360,24 @@ class Hub:
     async def _run_channel(self, channel: Channel) -> None:
         try:
             await channel.run()
+        except EpochChanged as exc:
+            logger.warning("project %s: %s; its subscribers resume with a fresh snapshot", channel.project_id, exc)
+            self._close_channel(channel)
         except Exception:
             logger.exception("the channel of project %s stopped; closing its subscribers", channel.project_id)
-            for subscriber in channel.subscribers:
-                subscriber.overflowed.set()
-            if self._channels.get(channel.project_id) is channel:
+            self._close_channel(channel)
+        else:
+            if channel.failure is not None and self._channels.get(channel.project_id) is channel:
                 del self._channels[channel.project_id]
+
+    def _close_channel(self, channel: Channel) -> None:
+        """Close every subscriber (they resume from their cursors) and forget the channel."""
+        for subscriber in channel.subscribers:
+            subscriber.overflowed.set()
+            if subscriber.on_overflow is not None:
+                subscriber.on_overflow()
+        if self._channels.get(channel.project_id) is channel:
+            del self._channels[channel.project_id]
 
 
 def server_time() -> str | None:

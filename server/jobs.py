@@ -212,3 +212,36 @@ class LastResult:
     job_id: str
     result: dict[str, Any]
     at: float
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProgressUpdate:
+    """A running job's latest percent and message, as the engine publishes it."""
+
+    project_id: str
+    agent: str
+    job_id: str
+    seq: int
+    started_at: float
+    percent: float | None
+    message: str | None
+
+    def to_record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> ProgressUpdate:
+        return cls(**record)
+
+    def to_dict(self, at: float | None = None) -> dict[str, Any]:
+        elapsed = max(0.0, (now() if at is None else at) - self.started_at)
+        return {
+            "type": "progress",
+            "project_id": self.project_id,
+            "agent": self.agent,
+            "job_id": self.job_id,
+            "elapsed_s": round(elapsed, 3),
+            "percent": self.percent,
+            "message": self.message,
+            "seq": self.seq,
+        }

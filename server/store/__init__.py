@@ -1,15 +1,32 @@
-"""Pick a store by URL scheme: ``sqlite:///path.db`` (default) or ``memory://``."""
+"""Pick a store by URL scheme: ``sqlite:///path.db`` (default), ``redis://host:6379/0`` or ``memory://``."""
 
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import Store
+from .base import Follower, LeaseReport, Store
 
-__all__ = ["Store", "store_from_url"]
+__all__ = ["Follower", "LeaseReport", "Store", "store_from_url"]
 
 
-def store_from_url(url: str) -> Store:
+def store_from_url(url: str, *, history: int = 1000, lease_seconds: float = 15.0) -> Store:
+    """The store for ``url``. ``history`` is how many events per project it keeps for resumes."""
+    store = _store_for(url)
+    store.history = history
+    store.lease_seconds = lease_seconds
+    return store
+
+
+def _store_for(url: str) -> Store:
     scheme = url.partition("://")[0]
+    if scheme in ("redis", "rediss"):
+        try:
+            from .redis_store import RedisStore
+        except ImportError:
+            raise ConfigError(f"store {url!r} needs redis-py: pip install 'jobcast[redis]'") from None
+        try:
+            return RedisStore(url)
+        except ValueError as exc:
+            raise ConfigError(f"store {url!r}: {exc}") from None
     if scheme == "memory":
         from .memory import MemoryStore
 
@@ -21,4 +38,4 @@ def store_from_url(url: str) -> Store:
             return SQLiteStore(path_from_url(url))
         except ValueError as exc:
             raise ConfigError(f"store {url!r}: {exc}") from None
-    raise ConfigError(f"store {url!r}: unknown scheme; use sqlite:///path.db or memory://")
+    raise ConfigError(f"store {url!r}: unknown scheme; use sqlite:///path.db, redis://host:6379/0 or memory://")

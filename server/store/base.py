@@ -11,11 +11,11 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import anyio
 
-from ..jobs import Event, Job, JobStatus, LastResult, Progress
+from ..jobs import Event, Job, JobStatus, LastResult, Progress, ProgressUpdate
 
 
 class Store(abc.ABC):
@@ -23,6 +23,12 @@ class Store(abc.ABC):
     epoch: str
     #: the URL scheme, for /healthz and logs
     kind: str
+    #: other processes use this store too: jobs carry leases and progress travels through it
+    shared = False
+    #: how long a job's lease lasts unless its process renews it (shared stores)
+    lease_seconds = 15.0
+    #: how many events per project a store must keep for resumes (at least)
+    history = 1000
 
     def __init__(self) -> None:
         self._feed = ChangeFeed()
@@ -98,9 +104,54 @@ class Store(abc.ABC):
                 await changed.wait()
         return False
 
+    def follower(self, project_id: str) -> Follower:
+        """What a channel reader follows the project's log (and shared progress) with."""
+        return Follower(self, project_id)
+
+    async def publish_progress(self, update: ProgressUpdate) -> None:
+        """Send progress to every process's readers (shared stores only)."""
+        raise NotImplementedError
+
+    async def renew_leases(self, job_ids: Collection[str]) -> LeaseReport:
+        """Extend this process's leases on ``job_ids``; report leases lost and cancels asked elsewhere."""
+        return LeaseReport()
+
+    async def orphaned_jobs(self) -> list[Job]:
+        """Queued or running jobs whose process is gone.
+
+        In a store only one process uses, that is every active job the caller does not run.
+        """
+        return await self.active_jobs()
+
+    async def check_epoch(self) -> str:
+        """The current epoch, after making sure it still describes the log (shared stores)."""
+        return self.epoch
+
     def _notify(self, project_id: str) -> None:
         """Wake waiters once an append is durable."""
         self._feed.notify(project_id)
+
+
+class Follower:
+    """Follows one project's log for its channel reader."""
+
+    def __init__(self, store: Store, project_id: str) -> None:
+        self.store = store
+        self.project_id = project_id
+
+    async def next(self, after: int, limit: int) -> tuple[list[Event], list[ProgressUpdate]]:
+        """Wait for events past ``after``; a shared store also returns other processes' progress."""
+        while not (events := await self.store.events_after(self.project_id, after, limit)):
+            await self.store.wait_for_events(self.project_id, after, math.inf)
+        return events, []
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseReport:
+    #: jobs this process no longer holds: another process ended them, or they are gone
+    lost: set[str] = dataclasses.field(default_factory=set)
+    #: jobs this process runs whose cancel was requested through another process
+    cancel_requested: set[str] = dataclasses.field(default_factory=set)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
