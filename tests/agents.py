@@ -6,7 +6,9 @@ on the class, so an in-process test can reach the instance the server made.
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 from typing import Any, ClassVar
 
 from agents import Cancelled, Context
@@ -133,3 +135,17 @@ class ChattyAgent:
             ctx.report(percent=step / 3, message=f"step {step}")
             ctx.sleep(0.001)
         return {"steps": 300}
+
+
+class FileGatedAgent:
+    """For tests across processes: reports 50%, then waits until the file ``$JOBCAST_TEST_GATES/<project>`` exists."""
+
+    name = "filegated"
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        gate = Path(os.environ["JOBCAST_TEST_GATES"]) / project_id
+        ctx.report(percent=50, message="waiting at the gate")
+        while not gate.exists():
+            if ctx.sleep(0.01):
+                raise Cancelled
+        return {"project": project_id, "opened": True}

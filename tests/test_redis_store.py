@@ -1,0 +1,211 @@
+"""The Redis store beyond the shared contract: many processes, leases, outages and restarts.
+
+Each "process" here is a store instance of its own on one real redis-server; the
+end-to-end tests with real ``jobcast serve`` processes are in ``test_scale_out.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from server.errors import StaleJob, StoreUnavailable
+from server.jobs import Job, JobError, JobStatus, ProgressUpdate
+from server.store import store_from_url
+from server.store.redis_store import RedisStore, redacted, split_url
+from tests.conftest import WAIT
+from tests.redis_server import RedisServer, redis_server
+
+pytestmark = pytest.mark.anyio
+
+
+@contextlib.asynccontextmanager
+async def opened(url: str, lease_seconds: float = 15.0) -> AsyncIterator[RedisStore]:
+    store = store_from_url(url, lease_seconds=lease_seconds)
+    assert isinstance(store, RedisStore)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server for this test alone, so it can be stopped and restarted."""
+    with redis_server(tmp_path / "redis") as server:
+        yield server
+
+
+async def wait_for(condition: Any) -> None:
+    with anyio.fail_after(WAIT):
+        while not await condition():  # noqa: ASYNC110 - polling Redis from outside; no event to wait on
+            await anyio.sleep(0.02)
+
+
+def test_the_url_carries_a_key_prefix_and_passwords_stay_out_of_logs() -> None:
+    """?prefix= namespaces the keys and is not passed to redis-py; a password is redacted for logs."""
+    assert split_url("redis://h:6379/2?prefix=team-a") == ("redis://h:6379/2", "team-a:")
+    assert split_url("redis://h:6379/0") == ("redis://h:6379/0", "jobcast:")
+    assert redacted("redis://user:s3cret@h:6379/0") == "redis://user:***@h:6379/0"
+
+
+async def test_two_processes_racing_to_start_get_one_job(redis_server: RedisServer) -> None:
+    """100 concurrent creates for one (project, agent), split over two stores, make exactly one job."""
+    url = redis_server.url()
+    async with opened(url) as a, opened(url) as b:
+        results: list[tuple[Job, bool]] = []
+
+        async def start(store: RedisStore) -> None:
+            results.append(await store.create_job(Job.new("race", "financial")))
+
+        async with anyio.create_task_group() as tasks:
+            for index in range(100):
+                tasks.start_soon(start, a if index % 2 else b)
+        assert await a.last_seq("race") == 1
+    assert len({job.job_id for job, _ in results}) == 1
+    assert sum(not deduplicated for _, deduplicated in results) == 1
+
+
+async def test_a_cursor_means_the_same_on_every_process(redis_server: RedisServer) -> None:
+    """Events written through one store read back identically, same epoch and seqs, through another."""
+    url = redis_server.url()
+    async with opened(url) as a, opened(url) as b:
+        job, _ = await a.create_job(Job.new("p", "x"))
+        await b.update_job(job.transition(JobStatus.RUNNING), JobStatus.QUEUED)
+        assert a.epoch == b.epoch
+        assert [(e.seq, e.job.status) for e in await a.events_after("p", 0, 10)] == [
+            (1, JobStatus.QUEUED),
+            (2, JobStatus.RUNNING),
+        ]
+        assert [e.to_dict() for e in await b.events_after("p", 1, 10)] == [
+            e.to_dict() for e in await a.events_after("p", 1, 10)
+        ]
+
+
+async def test_progress_from_one_process_reaches_another_processes_reader(redis_server: RedisServer) -> None:
+    """The follower returns the log's events and progress published by another process."""
+    url = redis_server.url()
+    async with opened(url) as a, opened(url) as b:
+        follower = b.follower("p")
+        job, _ = await a.create_job(Job.new("p", "x"))
+        events, progress = await follower.next(0, 10)
+        assert [e.job.job_id for e in events] == [job.job_id] and progress == []
+        update = ProgressUpdate(
+            project_id="p", agent="x", job_id=job.job_id, seq=1, started_at=1.0, percent=40, message="m"
+        )
+        await a.publish_progress(update)
+        with anyio.fail_after(WAIT):
+            events, progress = await follower.next(1, 10)
+        assert events == [] and progress == [update]
+
+
+async def test_an_orphan_is_found_once_its_lease_expires_and_never_finished_twice(redis_server: RedisServer) -> None:
+    """A job whose process stops renewing is an orphan for others; the lost process learns it lost the job."""
+    url = redis_server.url()
+    async with opened(url, lease_seconds=0.3) as dead, opened(url, lease_seconds=0.3) as survivor:
+        job, _ = await dead.create_job(Job.new("p", "x"))
+        running = (await dead.update_job(job.transition(JobStatus.RUNNING), JobStatus.QUEUED)).job
+        assert await survivor.orphaned_jobs() == []  # the lease is fresh
+
+        async def orphaned() -> bool:
+            return [j.job_id for j in await survivor.orphaned_jobs()] == [job.job_id]
+
+        await wait_for(orphaned)  # the lease expires
+        interrupted = running.transition(JobStatus.FAILED, error=JobError(code="interrupted", message="lost"))
+        await survivor.update_job(interrupted, JobStatus.RUNNING)
+        # The "dead" process comes back: its lease is gone and its late result is refused.
+        assert (await dead.renew_leases([job.job_id])).lost == {job.job_id}
+        with pytest.raises(StaleJob):
+            await dead.update_job(running.transition(JobStatus.COMPLETED, result={}), JobStatus.RUNNING)
+        assert (await survivor.get_job(job.job_id)).status is JobStatus.FAILED  # type: ignore[union-attr]
+        assert await survivor.orphaned_jobs() == []
+
+
+async def test_renewing_keeps_a_job_and_carries_cancels_asked_elsewhere(redis_server: RedisServer) -> None:
+    """A renewed lease never expires; a cancel requested through another process shows up in the renewal."""
+    url = redis_server.url()
+    async with opened(url, lease_seconds=0.3) as owner, opened(url) as other:
+        job, _ = await owner.create_job(Job.new("p", "x"))
+        running = (await owner.update_job(job.transition(JobStatus.RUNNING), JobStatus.QUEUED)).job
+        with anyio.fail_after(WAIT):
+            for _ in range(8):  # 0.8 s: well past the lease, renewed every 0.1 s
+                report = await owner.renew_leases([job.job_id])
+                assert report.lost == set() and report.cancel_requested == set()
+                await anyio.sleep(0.1)
+        assert await other.orphaned_jobs() == []
+        await other.update_job(running.with_cancel_requested(), JobStatus.RUNNING)
+        assert (await owner.renew_leases([job.job_id])).cancel_requested == {job.job_id}
+
+
+async def test_redis_down_means_store_unavailable_at_once_and_one_warning(
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With Redis stopped, every call raises StoreUnavailable quickly, logged once; it recovers when Redis returns."""
+    async with opened(own_redis.url("outage")) as store:
+        await store.create_job(Job.new("p", "x"))
+        own_redis.stop()
+        caplog.set_level(logging.WARNING, logger="server.store.redis_store")
+        with anyio.fail_after(WAIT):
+            for _ in range(5):
+                with pytest.raises(StoreUnavailable):
+                    await store.last_seq("p")
+            with pytest.raises(StoreUnavailable):
+                await store.create_job(Job.new("p", "y"))
+        warnings = [r for r in caplog.records if "unavailable" in r.getMessage()]
+        assert len(warnings) == 1 and "127.0.0.1" in warnings[0].getMessage()
+        own_redis.start()
+        with anyio.fail_after(WAIT):
+            while True:
+                try:
+                    await store.last_seq("p")
+                    break
+                except StoreUnavailable:
+                    await anyio.sleep(0.05)  # redis-server is still binding its port
+        assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_redis_restart_starts_a_new_epoch(own_redis: RedisServer) -> None:
+    """Redis came back (here empty): the epoch changes, so no old cursor can resume into a different log."""
+    url = own_redis.url("restart")
+    async with opened(url) as a, opened(url) as b:
+        await a.create_job(Job.new("p", "x"))
+        before = a.epoch
+        own_redis.stop()
+        own_redis.start()
+        after_a = await a.check_epoch()
+        after_b = await b.check_epoch()
+        assert after_a == after_b != before
+        assert await a.last_seq("p") == 0  # this server has no persistence: the log is gone
+        job, _ = await b.create_job(Job.new("p", "x"))
+        [event] = await a.events_after("p", 0, 10)
+        assert (event.epoch, event.seq, event.job.job_id) == (after_a, 1, job.job_id)
+
+
+async def test_the_epoch_survives_while_redis_keeps_running(redis_server: RedisServer) -> None:
+    """Reopening a store (a process restart) keeps the epoch, so clients resume exactly."""
+    url = redis_server.url()
+    async with opened(url) as first:
+        await first.create_job(Job.new("p", "x"))
+        epoch = first.epoch
+    async with opened(url) as second:
+        assert await second.check_epoch() == epoch
+        assert await second.last_seq("p") == 1
+
+
+async def test_a_missing_redis_py_is_a_clear_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the redis extra installed, a redis:// store names the extra to install."""
+    import sys
+
+    from server.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    monkeypatch.delitem(sys.modules, "server.store.redis_store", raising=False)
+    with pytest.raises(ConfigError, match=r"jobcast\[redis\]"):
+        store_from_url("redis://127.0.0.1:6379/0")
