@@ -460,13 +460,15 @@ class _RedisFollower(Follower):
         self.log_key = store._key("log", project_id)
         self.progress_key = store._key("progress", project_id)
         self.progress_id: str | None = None
+        self.epoch = store.epoch
 
     async def next(self, after: int, limit: int) -> tuple[list[Event], list[ProgressUpdate]]:
         store = self.redis
         if self.progress_id is None:
             newest = await store._call(store.client.xrevrange, self.progress_key, count=1)
             self.progress_id = newest[0][0] if newest else "0-0"
-        while True:
+            self.epoch = store.epoch
+        while store.epoch == self.epoch:  # a new epoch ends the channel; its caller sees store.epoch
             replies = await store._call(
                 store.client.xread,
                 {self.log_key: f"{after}-0", self.progress_key: self.progress_id},
@@ -483,6 +485,7 @@ class _RedisFollower(Follower):
                     progress = [ProgressUpdate.from_record(json.loads(fields["u"])) for _, fields in entries]
             if events or progress:
                 return events, progress
+        return [], []
 
 
 def _record(job: Job) -> str:
