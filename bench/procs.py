@@ -39,7 +39,8 @@ def server_command(kind: str, port: int, workers: int = 8, demo_seconds: float =
         return [
             sys.executable, "-m", "server", "serve", "--port", str(port), "--store", "memory://",
             "--log-level", "warning", "--threads", str(workers), "--demo-seconds", str(demo_seconds),
-            "--send-buffer", "100000", *[arg for agent in agents for arg in ("--agent", agent)],
+            "--send-buffer", "100000", "--max-connections-per-client", "1000000",
+            *[arg for agent in agents for arg in ("--agent", agent)],
         ]  # fmt: skip
     return [sys.executable, "-m", "bench.peers", kind, str(port)]
 

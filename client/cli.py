@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from .errors import ClientError, InvalidURL, ProtocolError, ServerRefused, ServerUnreachable
 from .exitcodes import HELP, ExitCode
-from .settings import DEFAULT_URL, server_url
+from .settings import DEFAULT_URL, access_token, server_url
 
 COMMANDS = ("watch", "refresh", "status", "cancel")
 __all__ = ["COMMANDS", "HELP", "add_commands", "build_parser", "main", "run"]
@@ -39,6 +39,12 @@ def _common_options() -> argparse.ArgumentParser:
         "--url",
         default=server_url(),
         help=f"the server (env JOBCAST_URL, default {DEFAULT_URL})",
+    )
+    common.add_argument(
+        "--token",
+        default=access_token(),
+        help="an access token from 'jobcast token', for a server with a secret (env JOBCAST_TOKEN; prefer the "
+        "variable, which other users cannot see in the process list)",
     )
     common.add_argument(
         "--json", action="store_true", help="print newline-delimited JSON (events and final records) and nothing else"

@@ -176,7 +176,7 @@ async def watch(options: argparse.Namespace, out: Output) -> ExitCode:
     """Follow the project until interrupted (Ctrl-C ends it, with 130)."""
     agents = unique(options.agents)
     screen = Screen(out, View(options.project, only=tuple(agents)))
-    async with JobcastClient(options.url) as client, following(client, options, screen) as events:
+    async with JobcastClient(options.url, token=options.token) as client, following(client, options, screen) as events:
         async for message in events:
             if message["type"] == "snapshot":
                 check_agents(message, agents)
@@ -220,7 +220,7 @@ async def refresh(options: argparse.Namespace, out: Output) -> ExitCode:
     """Start the jobs; unless ``--no-wait``, follow exactly them until each is final."""
     jobs = Jobs(unique(options.agents))
     if options.no_wait:
-        async with JobcastClient(options.url) as client:
+        async with JobcastClient(options.url, token=options.token) as client:
             await _start(client, options.project, jobs, Screen(out, View(options.project)))
         return ExitCode.OK
     screen = Screen(out, View(options.project, only=tuple(jobs.agents)))
@@ -247,7 +247,7 @@ def _announce(started: StartedJob, out: Output) -> None:
 
 
 async def _follow(options: argparse.Namespace, jobs: Jobs, screen: Screen) -> None:
-    async with JobcastClient(options.url) as client, following(client, options, screen) as events:
+    async with JobcastClient(options.url, token=options.token) as client, following(client, options, screen) as events:
         async for message in events:
             await _on_message(client, options, jobs, screen, message)
             if jobs.done:
@@ -323,7 +323,7 @@ def _timed_out(options: argparse.Namespace, jobs: Jobs, out: Output) -> ExitCode
 
 async def status(options: argparse.Namespace, out: Output) -> ExitCode:
     """Print each agent's job and last result."""
-    async with JobcastClient(options.url) as client:
+    async with JobcastClient(options.url, token=options.token) as client:
         project = await client.status(options.project)
     out.record(project)
     if out.live:
@@ -335,7 +335,7 @@ async def status(options: argparse.Namespace, out: Output) -> ExitCode:
 
 async def cancel(options: argparse.Namespace, out: Output) -> ExitCode:
     """Ask to cancel each agent's queued or running job."""
-    async with JobcastClient(options.url) as client:
+    async with JobcastClient(options.url, token=options.token) as client:
         for agent in unique(options.agents):
             job = await client.cancel(options.project, agent)
             out.record({"type": "cancel", "agent": agent, "job": job})

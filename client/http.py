@@ -41,10 +41,18 @@ class JobcastClient:
     """The HTTP API of one server. ``async with JobcastClient(url) as client: ...``"""
 
     def __init__(
-        self, url: str, *, timeout: float = DEFAULT_TIMEOUT, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.endpoint = Endpoint.parse(url)
-        self._http = httpx.AsyncClient(base_url=self.endpoint.base, timeout=timeout, transport=transport)
+        self._token = token
+        self._http = httpx.AsyncClient(
+            base_url=self.endpoint.base, timeout=timeout, transport=transport, headers=auth_headers(token)
+        )
 
     def __repr__(self) -> str:
         return f"JobcastClient({self.endpoint.base!r})"
@@ -88,7 +96,7 @@ class JobcastClient:
         """:func:`client.subscribe` on this client's server; the same options."""
         from .subscribe import subscribe
 
-        return subscribe(self.endpoint.base, project_id, **options)
+        return subscribe(self.endpoint.base, project_id, **{"token": self._token, **options})
 
     async def _request(self, method: str, path: str) -> Record:
         try:
@@ -98,6 +106,11 @@ class JobcastClient:
         if response.status_code >= 400:
             raise refusal(response.status_code, response.content, response.reason_phrase)
         return json_object(response.content, f"{method} {path}")
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    """The Authorization header for ``token``; none without one."""
+    return {"authorization": f"Bearer {token}"} if token else {}
 
 
 def refusal(status: int, body: bytes, reason: str = "") -> ServerRefused:

@@ -25,6 +25,7 @@ from .backoff import Reconnect
 from .cursor import Cursor, Message, Tracker
 from .endpoint import Endpoint
 from .errors import ConnectFailed, ServerUnreachable, StreamLost, TransportError, TransportRefused
+from .http import auth_headers
 from .transports import OPENERS, Connection
 
 Transport = Literal["auto", "ws", "sse", "poll"]
@@ -156,6 +157,7 @@ async def subscribe(
     origin: str | None = None,
     poll_wait: int = 25,
     open_timeout: float = 10.0,
+    token: str | None = None,
 ) -> AsyncIterator[Subscription]:
     """Follow ``project_id`` on the server at ``url`` (``http://host:port``).
 
@@ -164,14 +166,15 @@ async def subscribe(
     ``reconnect`` is the backoff policy. ``on_retry(error, delay)`` is called before
     each reconnect, and ``on_fallback(error)`` for each transport that failed before a
     later one in the chain opened. ``origin`` sets the WebSocket handshake's Origin header, as a browser would.
-    ``poll_wait`` is the long-poll's ``wait`` (seconds, 0 to 30).
+    ``poll_wait`` is the long-poll's ``wait`` (seconds, 0 to 30). ``token`` is sent as
+    ``Authorization: Bearer`` on every transport, for a server that has a secret.
     """
     if transport not in CHAINS:
         raise ValueError(f"transport must be one of {', '.join(CHAINS)}, not {transport!r}")
     endpoint = Endpoint.parse(url)
-    async with httpx.AsyncClient(base_url=endpoint.base) as http:
+    async with httpx.AsyncClient(base_url=endpoint.base, headers=auth_headers(token)) as http:
         connection = Connection(
-            endpoint, project_id, lambda: subscription.cursor, http, open_timeout, poll_wait, origin
+            endpoint, project_id, lambda: subscription.cursor, http, open_timeout, poll_wait, origin, token
         )
         subscription = Subscription(
             connection,

@@ -23,7 +23,7 @@ from websockets.typing import Origin
 from .cursor import Cursor, Message
 from .endpoint import Endpoint
 from .errors import ConnectFailed, ProtocolError, ServerRefused, StreamLost, TransportRefused
-from .http import describe, json_object, refusal
+from .http import auth_headers, describe, json_object, refusal
 
 #: the largest message accepted from the server (results can be big)
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -32,6 +32,8 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 SSE_READ_TIMEOUT = 60.0
 #: WebSocket close codes that mean the client broke the protocol: reconnecting won't help
 _CLIENT_FAULTS = {1003: "the server refused a binary frame", 1009: "the server refused a message as too big"}
+#: refusals that every transport would give alike: the token, not the transport, is at fault
+_AUTH_CODES = frozenset({"auth_required", "invalid_token", "token_expired", "forbidden"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,16 +49,18 @@ class Connection:
     poll_wait: int = 25
     #: an Origin header for the WebSocket handshake (browsers send one; programs need not)
     origin: str | None = None
+    #: sent as ``Authorization: Bearer`` (the HTTP client already carries it for SSE and long-poll)
+    token: str | None = dataclasses.field(default=None, repr=False)
 
 
 Opener = Callable[[Connection], AsyncGenerator[Message, None]]
 
 
 def classify(transport: str, refused: ServerRefused) -> Exception:
-    """A 400 is the input's fault and fatal; a 5xx is transient; any other refusal is the transport's."""
-    if refused.status == 400:
+    """A 400 or a token refusal is fatal; a 429 or 5xx is transient; any other refusal is the transport's."""
+    if refused.status == 400 or refused.code in _AUTH_CODES:
         return refused
-    if refused.status >= 500:
+    if refused.status >= 500 or refused.status == 429:
         return ConnectFailed(transport, f"{refused.status} {refused.code}: {refused.message}")
     return TransportRefused(transport, refused)
 
@@ -94,6 +98,7 @@ async def _open_websocket(conn: Connection) -> ClientConnection:
         return await connect(
             url,
             origin=None if conn.origin is None else Origin(conn.origin),
+            additional_headers=auth_headers(conn.token),
             compression=None,
             open_timeout=conn.open_timeout,
             close_timeout=2,

@@ -1,14 +1,23 @@
-"""The JSON API under /api, and /healthz."""
+"""The JSON API under /api, and /healthz.
+
+Every /api route checks the request's token first (see :mod:`server.access`); /healthz
+stays open: it tells load, never project data.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+import os
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from . import validation
+from . import access, validation
+from .auth import Grant
 from .engine import Engine
 from .errors import JobNotFound
+from .jobs import Job
 from .views import agents_view, project_view
 
 
@@ -17,52 +26,69 @@ def engine_of(request: Request) -> Engine:
     return engine
 
 
-def resolve_target(request: Request) -> tuple[Engine, str, str]:
-    """The engine, and the project id and agent name of the path, both checked."""
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A checked (project, agent) of a route, and the grant that allowed it."""
+
+    engine: Engine
+    grant: Grant
+    project_id: str
+    agent: str
+
+
+def resolve_target(request: Request, right: str) -> Target:
+    """The token, then the project id, then the token's scope, then the agent name: in that order."""
+    grant, project_id = access.project_access(request, right)
     engine = engine_of(request)
-    project_id = validation.project_id(request.path_params["project_id"])
     agent = request.path_params["agent"]
     engine.agent(agent)
-    return engine, project_id, agent
+    return Target(engine, grant, project_id, agent)
+
+
+async def start_job(request: Request) -> tuple[Job, bool]:
+    """Start (or join) the route's job, counted against the token's start limit."""
+    target = resolve_target(request, "run")
+    access.check_start(request, target.grant)
+    return await target.engine.start(target.project_id, target.agent)
 
 
 async def refresh(request: Request) -> JSONResponse:
-    engine, project_id, agent = resolve_target(request)
-    job, deduplicated = await engine.start(project_id, agent)
+    job, deduplicated = await start_job(request)
     return JSONResponse({"job": job.to_dict(), "deduplicated": deduplicated}, status_code=200 if deduplicated else 202)
 
 
 async def cancel(request: Request) -> JSONResponse:
-    engine, project_id, agent = resolve_target(request)
-    job = await engine.cancel(project_id, agent)
+    target = resolve_target(request, "run")
+    job = await target.engine.cancel(target.project_id, target.agent)
     return JSONResponse({"job": job.to_dict()}, status_code=202)
 
 
 async def project_status(request: Request) -> JSONResponse:
-    engine = engine_of(request)
-    project_id = validation.project_id(request.path_params["project_id"])
-    return JSONResponse(await project_view(engine, project_id))
+    _, project_id = access.project_access(request, "read")
+    return JSONResponse(await project_view(engine_of(request), project_id))
 
 
 async def agent_job(request: Request) -> JSONResponse:
-    engine, project_id, agent = resolve_target(request)
-    job = await engine.store.latest_job(project_id, agent)
+    target = resolve_target(request, "read")
+    job = await target.engine.store.latest_job(target.project_id, target.agent)
     if job is None:
-        raise JobNotFound(f"project {project_id!r} has no {agent!r} job yet")
+        raise JobNotFound(f"project {target.project_id!r} has no {target.agent!r} job yet")
     return JSONResponse(job.to_dict())
 
 
 async def job_by_id(request: Request) -> JSONResponse:
+    """A job of a project outside the token's scope is answered exactly as a job that does not exist."""
+    grant = access.require(request, "read")
     job_id = request.path_params["job_id"]
     job = await engine_of(request).store.get_job(job_id)
-    if job is None:
+    if job is None or not grant.covers(job.project_id):
         raise JobNotFound(f"no job with id {job_id[:80]!r}")
     return JSONResponse(job.to_dict())
 
 
 async def history(request: Request) -> JSONResponse:
+    _, project_id = access.project_access(request, "read")
     engine = engine_of(request)
-    project_id = validation.project_id(request.path_params["project_id"])
     agent = request.query_params.get("agent") or None
     if agent is not None:
         engine.agent(agent)
@@ -72,10 +98,14 @@ async def history(request: Request) -> JSONResponse:
 
 
 async def projects(request: Request) -> JSONResponse:
-    return JSONResponse({"projects": await engine_of(request).store.project_ids()})
+    """Only the projects the token covers."""
+    grant = access.require(request, "read")
+    ids = await engine_of(request).store.project_ids()
+    return JSONResponse({"projects": [project_id for project_id in ids if grant.covers(project_id)]})
 
 
 async def agents(request: Request) -> JSONResponse:
+    access.require(request, "read")
     return JSONResponse({"agents": agents_view(engine_of(request))})
 
 
@@ -89,6 +119,7 @@ async def healthz(request: Request) -> JSONResponse:
             "threads": engine.config.threads,
             "busy_threads": engine.busy_threads,
             "subscribers": request.state.hub.subscriber_count,
+            "pid": os.getpid(),  # which process answered, with --workers
         }
     )
 

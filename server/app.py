@@ -13,9 +13,13 @@ from starlette.applications import Starlette
 from agents import Agent
 
 from . import api, legacy, pages, push
+from .auth import Auth
 from .engine import Engine, EngineConfig
+from .errors import StoreUnavailable
 from .http_errors import EXCEPTION_HANDLERS
 from .hub import Hub
+from .limits import Limits
+from .origins import origin_middleware
 from .plugins import load_agents
 from .push import PushConfig
 from .settings import Settings
@@ -33,15 +37,26 @@ def create_app(
     """Build the app. Agents and the store come from settings unless given (tests pass their own)."""
     settings = settings or Settings.from_env()
     agents = agents if agents is not None else load_agents(settings.agents)
-    store = store if store is not None else store_from_url(settings.store)
+    store = (
+        store
+        if store is not None
+        else store_from_url(settings.store, history=settings.history, lease_seconds=settings.lease_seconds)
+    )
     config = EngineConfig(
         threads=settings.threads,
+        max_queued=settings.max_queued,
         job_timeout=settings.job_timeout,
         demo_seconds=settings.demo_seconds,
         progress_interval=settings.progress_interval,
     )
     push_config = PushConfig(
         history=settings.history, allowed_origins=settings.allowed_origins, sse_keepalive=settings.sse_keepalive
+    )
+    auth = Auth.from_secret(settings.secret, require=settings.require_auth)
+    limits = Limits.create(
+        connections_per_client=settings.max_connections_per_client,
+        starts_per_minute=settings.starts_per_minute,
+        messages_per_second=settings.ws_messages_per_second,
     )
 
     @contextlib.asynccontextmanager
@@ -51,7 +66,9 @@ def create_app(
             async with anyio.create_task_group() as task_group:
                 hub = Hub(store, task_group, settings.send_buffer)
                 engine = Engine(store, agents, config, task_group, progress_sink=hub)
-                await engine.recover("the server stopped before the job finished")
+                await _recover(engine)
+                if store.shared:
+                    task_group.start_soon(engine.keep_leases, name="leases")
                 logger.info(
                     "jobcast ready: store %s (epoch %s), agents %s, %d threads",
                     store.kind,
@@ -59,7 +76,7 @@ def create_app(
                     ", ".join(agents),
                     config.threads,
                 )
-                yield {"engine": engine, "hub": hub, "push": push_config}
+                yield {"engine": engine, "hub": hub, "push": push_config, "auth": auth, "limits": limits}
                 await engine.shutdown()
                 task_group.cancel_scope.cancel()
         finally:
@@ -68,7 +85,16 @@ def create_app(
     app = Starlette(
         routes=[*api.ROUTES, *push.ROUTES, *pages.ROUTES, *legacy.ROUTES],
         exception_handlers=EXCEPTION_HANDLERS,
+        middleware=origin_middleware(settings.allowed_origins),
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False  # a 404 in JSON beats a bodyless redirect
     return app
+
+
+async def _recover(engine: Engine) -> None:
+    """Fail jobs a stopped process left behind; with the store down, the lease rounds do it later."""
+    try:
+        await engine.recover("the server stopped before the job finished")
+    except StoreUnavailable:
+        logger.warning("could not look for interrupted jobs: the store is unavailable")

@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from client import cli as client_cli
 
+from . import logs
+from .auth import ALL_PROJECTS, RIGHTS, Auth, TokenSigner, parse_rights, parse_ttl
 from .errors import ConfigError
 from .settings import Settings, build_serve_parser
 
@@ -31,8 +35,45 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="start the server", description="Start the jobcast server.")
     build_serve_parser(serve)
+    _add_token_command(commands)
     client_cli.add_commands(commands)  # watch, refresh, status, cancel
     return parser
+
+
+def _add_token_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    token = commands.add_parser(
+        "token",
+        help="mint an access token",
+        description="Mint an access token for a server started with the same secret. Prints only the token.",
+    )
+    token.add_argument("--secret", help="the server's secret (env JOBCAST_SECRET; prefer the variable)")
+    token.add_argument(
+        "--project",
+        dest="projects",
+        action="append",
+        required=True,
+        metavar="PROJECT",
+        help=f"a project the token covers; repeat for more, or {ALL_PROJECTS!r} for every project",
+    )
+    token.add_argument(
+        "--rights",
+        type=_argparse_type(parse_rights),
+        default=("read",),
+        help=f"comma-separated, from {', '.join(RIGHTS)} (default read)",
+    )
+    token.add_argument(
+        "--ttl", type=_argparse_type(parse_ttl), default=3600.0, help="lifetime: 90s, 30m, 1h, 7d (default 1h)"
+    )
+
+
+def _argparse_type(parse: Any) -> Any:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parsed = parser.parse_args(args)
     if parsed.command == "serve":
         return serve(args[1:])
+    if parsed.command == "token":
+        return mint_token(parsed)
     if parsed.command in client_cli.COMMANDS:
         return client_cli.run(parsed)
     parser.error(f"unknown command {parsed.command!r}")
@@ -50,6 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve(argv: Sequence[str]) -> int:
     try:
         settings = Settings.from_args(argv)
+        if settings.workers > 1:
+            from .workers import run_workers
+
+            Auth.from_secret(settings.secret, require=settings.require_auth)  # refuse before any child starts
+            return run_workers(settings)
         from .app import create_app
 
         app = create_app(settings)
@@ -59,10 +107,27 @@ def serve(argv: Sequence[str]) -> int:
     return run_server(app, settings)
 
 
-def run_server(app: object, settings: Settings) -> int:
+def mint_token(options: argparse.Namespace) -> int:
+    """``jobcast token``: print one token and nothing else."""
+    try:
+        secret = options.secret or Settings.from_env().secret
+        if not secret:
+            raise ConfigError("no secret: pass --secret or set JOBCAST_SECRET")
+        token = TokenSigner(secret).mint(options.projects, options.rights, options.ttl, time.time())
+    except (ConfigError, ValueError) as exc:
+        print(f"jobcast: error: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
 
+
+def run_server(app: object, settings: Settings, sockets: list[socket.socket] | None = None) -> int:
+    """Serve ``app`` until a signal; on ``sockets`` already bound (a worker of ``--workers``), if given."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
-    graceful_server(uvicorn_config(app, settings)).run()
+    config = uvicorn_config(app, settings)
+    if not settings.secret:
+        _warn_open(settings)
+    graceful_server(config).run(sockets=sockets)
     _exit_despite_stuck_agents()
     return 0
 
@@ -85,8 +150,17 @@ def graceful_server(config: uvicorn.Config) -> uvicorn.Server:
     return GracefulServer(config)
 
 
+def _warn_open(settings: Settings) -> None:
+    banner = "!" * 78
+    logger.warning(banner)
+    logger.warning("jobcast is running OPEN: there is no --secret (JOBCAST_SECRET), so anyone who can")
+    logger.warning("reach %s:%s can read every project and start or cancel any job.", settings.host, settings.port)
+    logger.warning("Set a secret to require tokens, and --require-auth to refuse to start without one.")
+    logger.warning(banner)
+
+
 def uvicorn_config(app: object, settings: Settings, **overrides: Any) -> uvicorn.Config:
-    """How jobcast runs on uvicorn: its WebSocket protocol, pings and 64 KiB inbound limit."""
+    """How jobcast runs on uvicorn: its WebSocket protocol, pings, 64 KiB inbound limit, no token in a log."""
     import uvicorn
 
     from .protocol import JobcastWebSocketProtocol
@@ -98,13 +172,15 @@ def uvicorn_config(app: object, settings: Settings, **overrides: Any) -> uvicorn
         "ws_ping_interval": settings.ping_interval,
         "ws_ping_timeout": settings.ping_timeout,
         "ws_max_size": 64 * 1024,
-        "ws_per_message_deflate": False,
+        "ws_per_message_deflate": settings.ws_compression,
         # SSE streams and long-polls never end by themselves; without a limit uvicorn would wait on them forever.
         "timeout_graceful_shutdown": settings.shutdown_grace,
         "log_level": settings.log_level,
         **overrides,
     }
-    return uvicorn.Config(app, **options)  # type: ignore[arg-type]
+    config = uvicorn.Config(app, **options)  # type: ignore[arg-type]
+    logs.install(settings.secret)  # uvicorn set up its log handlers just now
+    return config
 
 
 def _exit_despite_stuck_agents() -> None:

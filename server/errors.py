@@ -10,7 +10,15 @@ The tree::
     ├── StoreUnavailable         503
     ├── QueueFull                503, this process already holds --max-queued queued jobs
     ├── IllegalTransition        500, a bug: the engine asked for a move the state machine forbids
-    └── StaleJob                 409, a compare-and-set lost: someone else changed the job first
+    ├── StaleJob                 409, a compare-and-set lost: someone else changed the job first
+    ├── Unauthorized             401, no valid token (the base of the three below)
+    │   ├── AuthRequired         401 auth_required, the request carries no token
+    │   ├── InvalidToken         401 invalid_token, forged, malformed or signed with another secret
+    │   └── TokenExpired         401 token_expired
+    ├── Forbidden                403 forbidden, a valid token without the right or the project
+    ├── OriginNotAllowed         403 origin_not_allowed, a browser Origin that is neither ours nor listed
+    ├── RateLimited              429 rate_limited, too many job starts (retry_after in seconds)
+    └── TooManyConnections       429 too_many_connections, the client address holds its limit of streams
     ConfigError                  bad settings or agent spec; stops start-up, never reaches HTTP
     CloseCode                    the WebSocket close codes jobcast sends
 
@@ -28,6 +36,8 @@ class CloseCode(enum.IntEnum):
 
     #: a binary frame; the protocol is JSON text
     UNSUPPORTED_DATA = 1003
+    #: the token expired while connected, or the client sent messages too fast
+    POLICY_VIOLATION = 1008
     #: an inbound message over 64 KiB
     MESSAGE_TOO_BIG = 1009
     #: the subscriber fell too far behind; resume from the cursor
@@ -114,3 +124,64 @@ class StaleJob(JobcastError):
 
 class ConfigError(Exception):
     """A setting or an agent spec is wrong; the message is one line for the operator."""
+
+
+class Unauthorized(JobcastError):
+    """No valid token. Messages never repeat the token."""
+
+    http_status = 401
+
+
+class AuthRequired(Unauthorized):
+    code = "auth_required"
+
+    def __init__(self) -> None:
+        super().__init__("this server needs a token: send 'Authorization: Bearer <token>' (never in the URL)")
+
+
+class InvalidToken(Unauthorized):
+    code = "invalid_token"
+
+    def __init__(self) -> None:
+        super().__init__("the token is not valid: malformed, altered, or signed with another secret")
+
+
+class TokenExpired(Unauthorized):
+    code = "token_expired"
+
+    def __init__(self) -> None:
+        super().__init__("the token has expired; ask for a new one")
+
+
+class Forbidden(JobcastError):
+    """A valid token that does not cover the request. The message never says whether a project exists."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class OriginNotAllowed(JobcastError):
+    code = "origin_not_allowed"
+    http_status = 403
+
+    def __init__(self) -> None:
+        super().__init__("requests from this origin are not allowed here")
+
+
+class RateLimited(JobcastError):
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        super().__init__(f"more than {limit} job starts a minute; try again in {retry_after} s")
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class TooManyConnections(JobcastError):
+    code = "too_many_connections"
+    http_status = 429
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this client already holds {limit} open streams; close one first")
+        self.limit = limit

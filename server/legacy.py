@@ -1,7 +1,8 @@
 """The old app's polling routes, unchanged for existing clients.
 
-``/{agent}_agent/status/{id}`` starts a job, ``processing_status`` reports it in the
-old four-state vocabulary, and ``quick_status`` reads the latest data without work.
+``/{agent}_agent/status/{id}`` starts a job (the ``run`` right), ``processing_status``
+reports it in the old four-state vocabulary, and ``quick_status`` reads the latest
+data without work (both ``read``). Tokens are checked as on the API.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .api import resolve_target
+from .api import resolve_target, start_job
 from .jobs import Job, JobStatus, isoformat
 
 _LEGACY_STATUS = {
@@ -26,8 +27,7 @@ _LEGACY_STATUS = {
 
 
 async def start(request: Request) -> JSONResponse:
-    engine, project_id, agent = resolve_target(request)
-    job, deduplicated = await engine.start(project_id, agent)
+    job, deduplicated = await start_job(request)
     message = "already processing" if deduplicated else "processing started"
     return JSONResponse(
         {
@@ -41,10 +41,12 @@ async def start(request: Request) -> JSONResponse:
 
 
 async def processing_status(request: Request) -> JSONResponse:
-    engine, project_id, agent = resolve_target(request)
-    job = await engine.store.latest_job(project_id, agent)
+    target = resolve_target(request, "read")
+    job = await target.engine.store.latest_job(target.project_id, target.agent)
     if job is None:
-        return JSONResponse({"status": "not_found", "job_id": None, "agent": agent, "project_id": project_id})
+        return JSONResponse(
+            {"status": "not_found", "job_id": None, "agent": target.agent, "project_id": target.project_id}
+        )
     return JSONResponse(legacy_job(job))
 
 
@@ -72,15 +74,16 @@ def legacy_job(job: Job) -> dict[str, Any]:
 
 
 async def quick_status(request: Request) -> JSONResponse:
-    engine, project_id, agent = resolve_target(request)
-    results = await engine.store.last_results(project_id)
-    job = await engine.store.latest_job(project_id, agent)
-    last = results.get(agent)
+    target = resolve_target(request, "read")
+    store = target.engine.store
+    results = await store.last_results(target.project_id)
+    job = await store.latest_job(target.project_id, target.agent)
+    last = results.get(target.agent)
     return JSONResponse(
         {
             "status": "ok" if last else "no_data",
-            "project_id": project_id,
-            "agent": agent,
+            "project_id": target.project_id,
+            "agent": target.agent,
             "data": last.result if last else None,
             "last_updated": isoformat(last.at) if last else None,
             "processing": bool(job and job.status.is_active),

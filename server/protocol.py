@@ -7,6 +7,9 @@ frame join the backlog without waiting and aborts the transport if the buffer ha
 drained within the close timeout. ``jobcast serve`` uses it; plain
 ``uvicorn --factory`` still works, without this guarantee.
 
+It also ends a refused handshake (an HTTP answer instead of the upgrade) without the
+spurious error uvicorn logs for it, so each refusal leaves exactly one line: jobcast's.
+
 It also offers the app an ASGI extension, ``jobcast.send_text_nowait``: a plain function
 that writes a text frame at once if the socket is below its high-water mark and
 returns False otherwise. The fan-out uses it the way ``websockets.broadcast()`` writes:
@@ -54,6 +57,10 @@ class JobcastWebSocketProtocol(WebSocketsSansIOProtocol):
                 self._abort_later()
             return
         await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
+            # A refused handshake is finished once its response is sent. uvicorn would otherwise log
+            # "ASGI callable returned without completing handshake" as an error for every refusal.
+            self.handshake_complete = True
 
     def keepalive_timeout(self) -> None:
         super().keepalive_timeout()

@@ -1,4 +1,10 @@
-"""Push: a project's events over WebSocket, Server-Sent Events and long-poll, on one cursor."""
+"""Push: a project's events over WebSocket, Server-Sent Events and long-poll, on one cursor.
+
+Each transport checks the token first (:mod:`server.access`) and counts itself against
+its client address's stream limit (:mod:`server.limits`); browser origins were checked
+before any route ran (:mod:`server.origins`). A WebSocket is closed with 1008 when its
+token expires, and an SSE stream ends then.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,9 @@ import dataclasses
 import functools
 import json
 import logging
+import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -15,14 +24,19 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from . import validation
+from . import access, validation
+from .auth import SUBPROTOCOL, Grant
 from .cursor import Cursor, Resume, Snapshot, parse_cursor, parse_last_event_id, plan
 from .engine import Engine
-from .errors import CloseCode, InvalidInput
-from .http_errors import error_response
+from .errors import CloseCode, JobcastError
+from .http_errors import log_refusal, refuse_handshake, response_for
 from .hub import Hub, Message, Subscription, encode, event_message, server_time
+from .limits import Limits
+from .origins import origin_allowed
 from .protocol import SEND_NOWAIT
 from .views import agents_state
+
+__all__ = ["ROUTES", "PushConfig", "client_reply", "origin_allowed", "sse_frame"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +48,7 @@ _REPLAY_BATCH = 500
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PushConfig:
     history: int = 1000
+    #: informational: server.origins.OriginGuard enforces the allowlist on every route
     allowed_origins: tuple[str, ...] = ()
     sse_keepalive: float = 15.0
 
@@ -43,10 +58,11 @@ class _Services:
     engine: Engine
     hub: Hub
     config: PushConfig
+    limits: Limits
 
 
 def _services(scope_state: Any) -> _Services:
-    return _Services(scope_state.engine, scope_state.hub, scope_state.push)
+    return _Services(scope_state.engine, scope_state.hub, scope_state.push, scope_state.limits)
 
 
 # -- the opening of every stream: snapshot, or welcome plus replay ------------------------
@@ -121,25 +137,27 @@ def _client_error(code: str, message: str) -> dict[str, Any]:
     return {"type": "error", "code": code, "message": message}
 
 
-def origin_allowed(scope: Scope, origin: str | None, allowed: tuple[str, ...]) -> bool:
-    """No Origin (a CLI) is fine; a browser's must be ours or listed exactly."""
-    if origin is None:
-        return True
-    headers = dict(scope["headers"])
-    host = headers.get(b"host", b"").decode("latin-1")
-    scheme = "https" if scope.get("scheme") in ("wss", "https") else "http"
-    return origin == f"{scheme}://{host}" or origin in allowed
-
-
 async def project_socket(websocket: WebSocket) -> None:
+    """Refuse the handshake (401, 403, 400, 429) or serve the socket; the Origin was checked before."""
     services = _services(websocket.state)
-    refusal = _handshake_refusal(websocket, services.config)
-    if refusal is not None:
-        await websocket.send_denial_response(refusal)
+    address = access.client_address(websocket)
+    try:
+        grant, project_id = access.project_access(websocket, "read")
+        services.limits.connections.acquire(address)
+    except JobcastError as exc:
+        await refuse_handshake(websocket, exc)
         return
-    project_id = websocket.path_params["project_id"]
+    try:
+        await _serve_socket(websocket, services, grant, project_id)
+    finally:
+        services.limits.connections.release(address)
+
+
+async def _serve_socket(websocket: WebSocket, services: _Services, grant: Grant, project_id: str) -> None:
     cursor = parse_cursor(websocket.query_params.get("epoch"), websocket.query_params.get("after"))
-    await websocket.accept()
+    # A browser offers "jobcast" beside its token; answer with "jobcast", never with the token.
+    offered = websocket.scope.get("subprotocols", [])
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     hub, sub = services.hub, services.hub.new_subscription()
     try:
         await hub.join(project_id, sub)
@@ -152,7 +170,7 @@ async def project_socket(websocket: WebSocket) -> None:
         )
         if await _send_opening(websocket, services, project_id, cursor, sub):
             hub.spawn(_drain, websocket, sub)  # whatever queued meanwhile, then direct writes
-            await _receive_messages(websocket)
+            await _receive_until_expiry(websocket, grant, services.limits.message_allowance())
     finally:
         hub.leave(project_id, sub)
         sub.writer = sub.on_backlog = sub.on_overflow = None
@@ -180,33 +198,48 @@ async def _drain(websocket: WebSocket, sub: Subscription) -> None:
     sub.release()
 
 
-def _handshake_refusal(websocket: WebSocket, config: PushConfig) -> JSONResponse | None:
-    try:
-        validation.project_id(websocket.path_params["project_id"])
-    except InvalidInput as exc:
-        return JSONResponse(exc.to_dict(), status_code=exc.http_status)
-    if not origin_allowed(websocket.scope, websocket.headers.get("origin"), config.allowed_origins):
-        return error_response(403, "origin_not_allowed", "this origin may not open a WebSocket here")
-    return None
+async def _receive_until_expiry(websocket: WebSocket, grant: Grant, allowed: Callable[[], bool]) -> None:
+    """Answer the client until it leaves or breaks a rule; close with 1008 when its token expires."""
+    with anyio.move_on_after(grant.seconds_left(time.time())) as expiry:
+        await _receive_messages(websocket, allowed)
+    if expiry.cancelled_caught:
+        logger.info("closing WebSocket %s from %s: its token expired", websocket.url.path, _peer(websocket))
+        await _close(websocket, CloseCode.POLICY_VIOLATION, "token expired")
 
 
-async def _receive_messages(websocket: WebSocket) -> None:
+async def _receive_messages(websocket: WebSocket, allowed: Callable[[], bool]) -> None:
     """Answer client messages until the client leaves or breaks the rules."""
     try:
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
+                if message.get("code") == CloseCode.MESSAGE_TOO_BIG:  # uvicorn enforced the 64 KiB itself
+                    _log_limit(websocket, "a message over 64 KiB")
                 return
             if message.get("bytes") is not None:
                 await _close(websocket, CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted")
                 return
             text = message.get("text") or ""
             if len(text) > MAX_INBOUND_BYTES or len(text.encode()) > MAX_INBOUND_BYTES:
+                _log_limit(websocket, "a message over 64 KiB")
                 await _close(websocket, CloseCode.MESSAGE_TOO_BIG, "messages are limited to 64 KiB")
+                return
+            if not allowed():
+                _log_limit(websocket, "messages too fast")
+                await _close(websocket, CloseCode.POLICY_VIOLATION, "too many messages; slow down")
                 return
             await websocket.send_text(encode(client_reply(text)))
     except (WebSocketDisconnect, RuntimeError):
         return
+
+
+def _log_limit(websocket: WebSocket, what: str) -> None:
+    logger.warning("closing WebSocket %s from %s: %s", websocket.url.path, _peer(websocket), what)
+
+
+def _peer(websocket: WebSocket) -> str:
+    client = websocket.scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "unknown"
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
@@ -224,12 +257,28 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
 class EventStream:
     """``text/event-stream`` of the same messages; ``id: epoch:seq`` on transitions."""
 
-    def __init__(self, services: _Services, project_id: str, cursor: Cursor | None) -> None:
+    def __init__(self, services: _Services, project_id: str, cursor: Cursor | None, grant: Grant, address: str) -> None:
         self.services = services
         self.project_id = project_id
         self.cursor = cursor
+        self.grant = grant
+        self.address = address
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Count the stream against its client address (429 past the limit), then stream."""
+        connections = self.services.limits.connections
+        try:
+            connections.acquire(self.address)
+        except JobcastError as exc:
+            log_refusal(scope, exc)
+            await response_for(exc)(scope, receive, send)
+            return
+        try:
+            await self._respond(receive, send)
+        finally:
+            connections.release(self.address)
+
+    async def _respond(self, receive: Receive, send: Send) -> None:
         headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
@@ -241,6 +290,7 @@ class EventStream:
             tasks.start_soon(_wait_for_disconnect, receive, tasks.cancel_scope)
             tasks.start_soon(_cancel_on, sub.overflowed, tasks.cancel_scope)
             tasks.start_soon(_cancel_on, self.services.hub.closing, tasks.cancel_scope)
+            tasks.start_soon(_cancel_after, self.grant.seconds_left(time.time()), tasks.cancel_scope)
         with anyio.move_on_after(1):
             try:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -285,23 +335,39 @@ async def _cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:
     scope.cancel()
 
 
+async def _cancel_after(seconds: float | None, scope: anyio.CancelScope) -> None:
+    """End the stream when its token expires: the client's reconnect then meets the 401."""
+    if seconds is not None:
+        await anyio.sleep(seconds)
+        scope.cancel()
+
+
 async def event_stream(request: Request) -> EventStream:
     """Starlette sends whatever ASGI callable a handler returns; EventStream is one."""
-    project_id = validation.project_id(request.path_params["project_id"])
+    grant, project_id = access.project_access(request, "read")
     cursor = parse_last_event_id(request.headers.get("last-event-id")) or parse_cursor(
         request.query_params.get("epoch"), request.query_params.get("after")
     )
-    return EventStream(_services(request.state), project_id, cursor)
+    return EventStream(_services(request.state), project_id, cursor, grant, access.client_address(request))
 
 
 # -- long-poll ---------------------------------------------------------------------------------
 
 
 async def poll_events(request: Request) -> JSONResponse:
+    """A long-poll holds a connection like a stream, so it counts against the client's limit."""
+    grant, project_id = access.project_access(request, "read")
     services = _services(request.state)
-    store = services.engine.store
-    project_id = validation.project_id(request.path_params["project_id"])
     wait = validation.bounded_int("wait", request.query_params.get("wait"), default=25, low=0, high=MAX_WAIT_SECONDS)
+    seconds_left = grant.seconds_left(time.time())
+    if seconds_left is not None:  # never answer with what happened after the token expired
+        wait = min(wait, math.floor(seconds_left))
+    with services.limits.connections.hold(access.client_address(request)):
+        return await _poll(request, services, project_id, wait)
+
+
+async def _poll(request: Request, services: _Services, project_id: str, wait: int) -> JSONResponse:
+    store = services.engine.store
     cursor = parse_cursor(request.query_params.get("epoch"), request.query_params.get("after"))
     decision = plan(
         cursor, epoch=store.epoch, last_seq=await store.last_seq(project_id), history=services.config.history

@@ -104,7 +104,7 @@ _OPTIONS = (
     _Option("secret", str, "signing key for access tokens; without one jobcast runs open"),
     _Option("require_auth", _boolean, "refuse to start without --secret", flag=True),
     _Option("max_connections_per_client", _positive_int, "open WebSockets and streams per client address"),
-    _Option("starts_per_minute", _positive_int, "job starts one token (or client address) may make per minute"),
+    _Option("starts_per_minute", _positive_int, "job starts one token may make per minute (with --secret)"),
     _Option("ws_messages_per_second", _positive_int, "messages a WebSocket client may send per second"),
     _Option("max_queued", _positive_int, "queued jobs this process holds before refusing with queue_full"),
     _Option("ws_compression", _boolean, "offer permessage-deflate on WebSockets", flag=True),

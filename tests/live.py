@@ -79,7 +79,14 @@ async def receive_until(connection: ClientConnection, predicate: Any) -> list[di
 
 @contextlib.asynccontextmanager
 async def live_server(**overrides: Any) -> AsyncIterator[Live]:
-    values: dict[str, Any] = {"store": "memory://", "agents": ALL_TEST_AGENTS, "demo_seconds": 0.05, **overrides}
+    values: dict[str, Any] = {
+        "store": "memory://",
+        "agents": ALL_TEST_AGENTS,
+        "demo_seconds": 0.05,
+        # Fan-out tests open hundreds of sockets from 127.0.0.1; tests/test_security.py tests the limit itself.
+        "max_connections_per_client": 10_000,
+        **overrides,
+    }
     settings = Settings(**values)
     app = create_app(settings)
     sock = socket.socket()

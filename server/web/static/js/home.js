@@ -1,5 +1,6 @@
 // The home page: projects that have jobs, with each agent's current state, and a box to open one.
 
+import { AUTH_CODES, authHeaders, authMessage } from "./auth.js";
 import { el } from "./render.js";
 
 const PROJECT_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
@@ -16,14 +17,29 @@ document.getElementById("open").addEventListener("submit", (event) => {
   location.href = `/projects/${encodeURIComponent(id)}`;
 });
 
+async function getJson(path) {
+  const response = await fetch(path, { headers: authHeaders() });
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error?.code ?? String(response.status));
+  return body;
+}
+
 async function load() {
-  const { projects } = await (await fetch("/api/projects")).json();
+  let projects;
+  try {
+    ({ projects } = await getJson("/api/projects"));
+  } catch (error) {
+    const notice = document.getElementById("empty");
+    notice.hidden = false;
+    notice.textContent = AUTH_CODES.has(error.message) ? authMessage(error.message) : `The server answered ${error.message}.`;
+    return;
+  }
   document.getElementById("empty").hidden = projects.length > 0;
   const list = document.getElementById("projects");
   for (const id of projects.slice(0, 100)) {
     const item = el("li", {}, el("a", { href: `/projects/${encodeURIComponent(id)}`, text: id }));
     list.append(item);
-    const status = await (await fetch(`/api/projects/${encodeURIComponent(id)}`)).json();
+    const status = await getJson(`/api/projects/${encodeURIComponent(id)}`);
     const badges = Object.entries(status.agents).map(([name, entry]) => {
       const state = entry.job ? entry.job.status : "idle";
       return el("span", { class: "badge", "data-state": state, text: `${name}: ${state.replace("_", " ")}` });

@@ -1,5 +1,6 @@
 // The project page: wires the connection, the state and the cards together.
 
+import { authHeaders, authMessage } from "./auth.js";
 import { apply, cursor, initialState } from "./state.js";
 import { Connection } from "./transport.js";
 import { el, ensureCards, updateCard } from "./render.js";
@@ -18,6 +19,9 @@ const connection = new Connection({
   projectId,
   getCursor: () => cursor(state),
   onMessage,
+  onAuthFailure: (code) => {
+    toasts.append(el("div", { class: "toast bad", role: "alert", "data-auth": code, text: authMessage(code) }));
+  },
   onStatus: (status, transport) => {
     document.body.dataset.connection = status;
     document.body.dataset.transport = transport;
@@ -30,6 +34,7 @@ const CONNECTION_TEXT = {
   live: () => "Live",
   fallback: (transport) => `Live over ${transport === "sse" ? "Server-Sent Events" : "long-poll"}`,
   offline: () => "Offline, reconnecting…",
+  unauthorized: () => "Not authorised",
 };
 
 function onMessage(message) {
@@ -68,7 +73,10 @@ function notify(effect) {
 }
 
 async function post(name, action) {
-  const response = await fetch(`/api/projects/${encodeURIComponent(projectId)}/agents/${encodeURIComponent(name)}/${action}`, { method: "POST" });
+  const response = await fetch(`/api/projects/${encodeURIComponent(projectId)}/agents/${encodeURIComponent(name)}/${action}`, {
+    method: "POST",
+    headers: authHeaders(),
+  });
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
     const message = body.error?.message ?? `the server answered ${response.status}`;

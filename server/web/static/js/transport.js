@@ -1,6 +1,14 @@
 // One connection to a project's events: WebSocket first, then Server-Sent Events, then
 // long-poll, all resuming from the same cursor. Reconnects with exponential backoff and
 // jitter. While a push transport is live, it never polls.
+//
+// The page's token (auth.js) goes with every transport: as a WebSocket subprotocol, and
+// as "Authorization: Bearer" on the SSE stream and the long-poll, which is why the stream
+// is read with fetch rather than EventSource (EventSource cannot send headers). A refusal
+// of the token, or a WebSocket closed with 1008 when it expires, stops the connection:
+// only a new token can help, so the page says so instead of retrying.
+
+import { AUTH_CODES, authHeaders, webSocketProtocols } from "./auth.js";
 
 const FALLBACK_AFTER_FAILURES = 2;
 const CHAIN = ["ws", "sse", "poll"];
@@ -11,11 +19,12 @@ export function backoffMs(attempt, random = Math.random) {
 }
 
 export class Connection {
-  constructor({ projectId, getCursor, onMessage, onStatus, base = "" }) {
+  constructor({ projectId, getCursor, onMessage, onStatus, onAuthFailure = () => {}, base = "" }) {
     this.projectId = projectId;
     this.getCursor = getCursor;
     this.onMessage = onMessage;
     this.onStatus = onStatus;
+    this.onAuthFailure = onAuthFailure;
     this.base = base;
     this.transportIndex = 0;
     this.failures = 0; // consecutive failures of the current transport
@@ -42,7 +51,7 @@ export class Connection {
   connect() {
     if (this.stopped) return;
     this.onStatus("connecting", this.transport);
-    const open = { ws: () => this.openWebSocket(), sse: () => this.openEventSource(), poll: () => this.openLongPoll() };
+    const open = { ws: () => this.openWebSocket(), sse: () => this.openEventStream(), poll: () => this.openLongPoll() };
     this.current = open[this.transport]();
   }
 
@@ -52,6 +61,14 @@ export class Connection {
     this.failures = 0;
     this.attempt = 0;
     this.onStatus(this.transport === "ws" ? "live" : "fallback", this.transport);
+  }
+
+  // The server refused the token: stop, and let the page ask for a new one.
+  refused(code) {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.onStatus("unauthorized", this.transport);
+    this.onAuthFailure(code);
   }
 
   lost(everDelivered) {
@@ -76,7 +93,8 @@ export class Connection {
 
   openWebSocket() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const socket = new WebSocket(`${scheme}//${location.host}${this.base}/ws/projects/${encodeURIComponent(this.projectId)}${this.query()}`);
+    const url = `${scheme}//${location.host}${this.base}/ws/projects/${encodeURIComponent(this.projectId)}${this.query()}`;
+    const socket = new WebSocket(url, webSocketProtocols());
     let delivered = false;
     let closed = false;
     socket.onmessage = (event) => {
@@ -86,37 +104,62 @@ export class Connection {
       }
       this.onMessage(JSON.parse(event.data));
     };
-    const end = () => {
+    const end = (event) => {
       if (closed) return;
       closed = true;
-      this.lost(delivered);
+      if (event?.code === 1008) this.refused(/expired/.test(event.reason) ? "token_expired" : "forbidden");
+      else this.lost(delivered);
     };
     socket.onclose = end;
     socket.onerror = () => socket.close();
     return { close: () => { closed = true; socket.close(); } };
   }
 
-  openEventSource() {
-    const source = new EventSource(`${this.base}/api/projects/${encodeURIComponent(this.projectId)}/events/stream${this.query()}`);
+  // A refused request: true if it was the token (and the connection has stopped).
+  async checkRefusal(response) {
+    const body = await response.json().catch(() => ({}));
+    const code = body.error?.code;
+    if (AUTH_CODES.has(code)) {
+      this.refused(code);
+      return true;
+    }
+    return false;
+  }
+
+  openEventStream() {
+    const controller = new AbortController();
     let delivered = false;
     let closed = false;
-    const handle = (event) => {
-      if (!delivered) {
-        delivered = true;
-        this.delivered();
+    const read = async () => {
+      const url = `${this.base}/api/projects/${encodeURIComponent(this.projectId)}/events/stream${this.query()}`;
+      const response = await fetch(url, { headers: authHeaders({ Accept: "text/event-stream" }), signal: controller.signal, cache: "no-store" });
+      if (!response.ok) {
+        if (await this.checkRefusal(response)) closed = true;
+        throw new Error(`the event stream answered ${response.status}`);
       }
-      this.onMessage(JSON.parse(event.data));
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) throw new Error("the event stream ended");
+        const parsed = sseMessages(buffer + value);
+        buffer = parsed.rest;
+        for (const message of parsed.messages) {
+          if (!delivered) {
+            delivered = true;
+            this.delivered();
+          }
+          this.onMessage(message);
+        }
+      }
     };
-    for (const type of ["snapshot", "welcome", "job", "progress"]) source.addEventListener(type, handle);
-    // EventSource would reconnect by itself with Last-Event-ID; we reconnect ourselves so
-    // that backoff, the cursor and the transport chain stay in one place.
-    source.onerror = () => {
+    // We reconnect ourselves, so that backoff, the cursor and the transport chain stay in one place.
+    read().catch(() => {
       if (closed) return;
       closed = true;
-      source.close();
       this.lost(delivered);
-    };
-    return { close: () => { closed = true; source.close(); } };
+    });
+    return { close: () => { closed = true; controller.abort(); } };
   }
 
   openLongPoll() {
@@ -132,9 +175,13 @@ export class Connection {
           params.set("after", String(cursor.after));
         }
         const response = await fetch(`${this.base}/api/projects/${encodeURIComponent(this.projectId)}/events?${params}`, {
+          headers: authHeaders(),
           signal: controller.signal,
         });
-        if (!response.ok) throw new Error(`long-poll answered ${response.status}`);
+        if (!response.ok) {
+          if (await this.checkRefusal(response)) closed = true;
+          throw new Error(`long-poll answered ${response.status}`);
+        }
         const reply = await response.json();
         if (!delivered) {
           delivered = true;
@@ -150,6 +197,22 @@ export class Connection {
     });
     return { close: () => { closed = true; controller.abort(); } };
   }
+}
+
+// The complete frames of a text/event-stream buffer, as messages, and the incomplete rest.
+// Comments (": keep-alive"), "id:", "event:" and "retry:" lines carry nothing the page needs.
+export function sseMessages(buffer) {
+  const frames = buffer.replace(/\r\n?/g, "\n").split("\n\n");
+  const rest = frames.pop();
+  const messages = [];
+  for (const frame of frames) {
+    const data = frame
+      .split("\n")
+      .filter((line) => line.startsWith("data:"))
+      .map((line) => line.slice(5).replace(/^ /, ""));
+    if (data.length) messages.push(JSON.parse(data.join("\n")));
+  }
+  return { messages, rest };
 }
 
 // A long-poll reply as the same messages the push transports send.

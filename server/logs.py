@@ -1,0 +1,90 @@
+"""Log hygiene: no token or secret in any line, uvicorn's access log included; one line per refusal.
+
+jobcast reads tokens only from headers. But a client may put one in a URL by mistake,
+and uvicorn logs URLs with their query strings; and at ``--log-level debug`` the
+websockets library logs every handshake header, ``Authorization`` and
+``Sec-WebSocket-Protocol`` included. So every handler's records pass through
+:class:`Redactor`, which blanks token-shaped strings, bearer values, authorization
+headers, query parameters with credential-like names, and the secret itself.
+
+A refused WebSocket handshake is logged by jobcast (who, where, which code) and in
+uvicorn's access log; the websockets library's own "connection rejected" line would
+say it a third time, so :class:`DropRejections` drops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+
+REDACTED = "[redacted]"
+
+_PATTERNS = (
+    # a jobcast token, wherever it appears
+    (re.compile(r"jc1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"), REDACTED),
+    # a browser's token subprotocol, whatever its shape
+    (re.compile(r"(jobcast\.bearer\.)[^,\s\"']+"), rf"\g<1>{REDACTED}"),
+    # an Authorization header as a debug log prints it ("< authorization: Bearer ..."), and any bearer value
+    (re.compile(r"(?i)(authorization:\s*).*"), rf"\g<1>{REDACTED}"),
+    (re.compile(r"(?i)(\bbearer\s+)(?!realm=)[^\s\"',]+"), rf"\g<1>{REDACTED}"),
+    # credential-like query parameters
+    (
+        re.compile(
+            r"(?i)([?&;](?:access_token|token|auth|authorization|bearer|jwt|secret|api_key|apikey|key|password)=)"
+            r"[^&#\s\"']*"
+        ),
+        rf"\g<1>{REDACTED}",
+    ),
+)
+#: the loggers whose handlers get the filter (the root's handlers carry jobcast's own lines)
+LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+class Redactor(logging.Filter):
+    """A handler filter that rewrites a record's text; it never drops a record."""
+
+    def __init__(self, secret: str | None = None) -> None:
+        super().__init__()
+        self._secret = secret or None
+
+    def redact(self, text: str) -> str:
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
+        return text.replace(self._secret, REDACTED) if self._secret else text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple):
+            # uvicorn's access formatter needs its arguments (client, method, path, version, status)
+            record.args = tuple(self.redact(arg) if isinstance(arg, str) else arg for arg in record.args)
+            return True
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return True  # a broken record: logging reports it itself
+        redacted = self.redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+class DropRejections(logging.Filter):
+    """Drops the websockets library's "connection rejected" line: jobcast has logged the refusal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("connection rejected"))
+
+
+def install(secret: str | None, loggers: Iterable[str] = LOGGERS) -> None:
+    """Add one Redactor to every handler of ``loggers``, and DropRejections to uvicorn's error log.
+
+    Idempotent: running it again replaces the filters instead of stacking them.
+    """
+    redactor = Redactor(secret)
+    for name in loggers:
+        for handler in logging.getLogger(name).handlers:
+            handler.filters = [f for f in handler.filters if not isinstance(f, Redactor)]
+            handler.addFilter(redactor)
+    errors = logging.getLogger("uvicorn.error")
+    errors.filters = [f for f in errors.filters if not isinstance(f, DropRejections)]
+    errors.addFilter(DropRejections())

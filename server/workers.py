@@ -1,0 +1,91 @@
+"""``jobcast serve --workers N``: N server processes on one listening socket.
+
+The parent binds the socket once and starts N children (spawned, like uvicorn's own
+``--workers``), each a complete jobcast server that accepts on the shared socket. They
+share nothing in memory, so a shared store is required; Redis carries the events,
+job state, leases and dedupe between them. The parent restarts a child that dies and,
+on SIGINT or SIGTERM, passes the signal on and waits for the children to finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import socket
+import threading
+from multiprocessing.context import SpawnProcess
+from types import FrameType
+
+from .errors import ConfigError
+from .settings import Settings
+
+logger = logging.getLogger("jobcast.workers")
+
+multiprocessing.allow_connection_pickling()  # lets the listening socket travel to spawned children
+_spawn = multiprocessing.get_context("spawn")
+
+#: Stores that can be shared by processes.
+SHARED_SCHEMES = ("redis", "rediss")
+
+
+def check_shareable(settings: Settings) -> None:
+    """More than one process needs a store they can share; refuse the others in one line."""
+    scheme = settings.store.partition("://")[0]
+    if settings.workers > 1 and scheme not in SHARED_SCHEMES:
+        raise ConfigError(
+            f"--workers {settings.workers} needs a store the processes can share, like redis://127.0.0.1:6379/0; "
+            f"{scheme}: lives inside one process (see docs/scaling.md)"
+        )
+
+
+def run_workers(settings: Settings) -> int:
+    """Bind, start the children, and supervise them until a signal ends the server."""
+    check_shareable(settings)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    listener = _bind(settings)
+    stopping = threading.Event()
+    children = [_start_child(settings, listener) for _ in range(settings.workers)]
+    logger.info("jobcast: %d worker processes on http://%s:%d", len(children), settings.host, listener.getsockname()[1])
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+    while not stopping.wait(0.5):
+        for index, child in enumerate(children):
+            if not child.is_alive():
+                logger.warning("worker process %s exited with %s; starting another", child.pid, child.exitcode)
+                children[index] = _start_child(settings, listener)
+    for child in children:
+        if child.is_alive() and child.pid is not None:
+            child.terminate()  # SIGTERM: each child shuts down gracefully on its own
+    for child in children:
+        child.join()
+    listener.close()
+    return 0
+
+
+def _bind(settings: Settings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((settings.host, settings.port))
+    listener.listen(2048)
+    listener.set_inheritable(True)
+    return listener
+
+
+def _start_child(settings: Settings, listener: socket.socket) -> SpawnProcess:
+    child = _spawn.Process(target=_serve_child, args=(settings, listener), name="jobcast-worker")
+    child.start()
+    return child
+
+
+def _serve_child(settings: Settings, listener: socket.socket) -> None:
+    """One worker: a whole jobcast server on the inherited socket."""
+    from .app import create_app
+    from .cli import run_server
+
+    run_server(create_app(settings), settings, sockets=[listener])

@@ -1,0 +1,258 @@
+"""Many processes on one Redis, end to end: real ``jobcast serve`` processes and a real redis-server.
+
+Any process serves any client and resumes any cursor; a crashed process's jobs end as
+``interrupted``; a Redis restart leaves no subscriber deaf.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.conftest import WAIT
+from tests.redis_server import RedisServer, redis_server
+from tests.servers import JobcastServer, jobcast_command, jobcast_server
+
+AGENTS = ["--agent", "agents.builtin:FinancialAgent", "--agent", "tests.agents:FileGatedAgent"]
+LEASE_SECONDS = 1.0
+
+Message = dict[str, Any]
+
+
+def serve_args(store_url: str) -> list[str]:
+    return [
+        "--store", store_url, *AGENTS, "--demo-seconds", "0.3", "--progress-interval", "0.2",
+        "--lease-seconds", str(LEASE_SECONDS), "--starts-per-minute", "10000",
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def two_servers(store_url: str, tmp_path: Path) -> Iterator[tuple[JobcastServer, JobcastServer]]:
+    env = {"JOBCAST_TEST_GATES": str(gates(tmp_path))}
+    with (
+        jobcast_server(serve_args(store_url), tmp_path / "a.log", env) as a,
+        jobcast_server(serve_args(store_url), tmp_path / "b.log", env) as b,
+    ):
+        yield a, b
+
+
+def gates(tmp_path: Path) -> Path:
+    path = tmp_path / "gates"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def open_gate(tmp_path: Path, project: str) -> None:
+    (gates(tmp_path) / project).touch()
+
+
+@contextlib.asynccontextmanager
+async def socket(server: JobcastServer, project: str, query: str = "") -> AsyncIterator[ClientConnection]:
+    async with connect(f"ws://127.0.0.1:{server.port}/ws/projects/{project}{query}") as ws:
+        yield ws
+
+
+async def until(ws: ClientConnection, done: Callable[[Message], bool]) -> list[Message]:
+    """Every message up to and including the first that ``done`` accepts."""
+    seen: list[Message] = []
+    with anyio.fail_after(WAIT):
+        while True:
+            seen.append(json.loads(await ws.recv()))
+            if done(seen[-1]):
+                return seen
+
+
+def job_is(status: str, job_id: str | None = None) -> Callable[[Message], bool]:
+    def check(message: Message) -> bool:
+        job = message.get("job") or {}
+        return message["type"] == "job" and job["status"] == status and job_id in (None, job["job_id"])
+
+    return check
+
+
+def transitions(messages: list[Message]) -> list[tuple[int, str]]:
+    return [(m["seq"], m["job"]["status"]) for m in messages if m["type"] == "job"]
+
+
+async def start(server: JobcastServer, project: str, agent: str) -> Message:
+    async with httpx.AsyncClient() as http:
+        reply = await http.post(f"{server.url}/api/projects/{project}/agents/{agent}/refresh")
+    assert reply.status_code in (200, 202), reply.text
+    body: Message = reply.json()
+    return body
+
+
+@pytest.fixture
+def store_url(redis_server: RedisServer) -> str:
+    return redis_server.url()
+
+
+@pytest.mark.anyio
+async def test_subscribe_on_a_start_on_b_and_see_every_transition_and_progress(store_url: str, tmp_path: Path) -> None:
+    """A WebSocket on process A gets the transitions and the progress of a job that runs on process B."""
+    with two_servers(store_url, tmp_path) as (a, b):
+        async with socket(a, "cross") as ws:
+            await until(ws, lambda m: m["type"] == "snapshot")
+            job_id = (await start(b, "cross", "filegated"))["job"]["job_id"]
+            before_gate = await until(ws, lambda m: m["type"] == "progress" and m["percent"] == 50)
+            open_gate(tmp_path, "cross")
+            after_gate = await until(ws, job_is("completed", job_id))
+    seen = before_gate + after_gate
+    assert transitions(seen) == [(1, "queued"), (2, "running"), (3, "completed")]
+    progress = [m for m in seen if m["type"] == "progress"]
+    assert progress and {m["job_id"] for m in progress} == {job_id} and all(m["seq"] == 2 for m in progress)
+    assert seen.index(progress[0]) > next(i for i, m in enumerate(seen) if job_is("running")(m))
+
+
+@pytest.mark.anyio
+async def test_racing_starts_on_both_processes_make_one_job(store_url: str, tmp_path: Path) -> None:
+    """60 concurrent refreshes of one (project, agent), half on A and half on B: exactly one job is queued."""
+    with two_servers(store_url, tmp_path) as (a, b):
+        async with httpx.AsyncClient(timeout=WAIT) as http:
+            replies: list[httpx.Response] = []
+
+            async def refresh(server: JobcastServer) -> None:
+                replies.append(await http.post(f"{server.url}/api/projects/race/agents/filegated/refresh"))
+
+            async with anyio.create_task_group() as tasks:
+                for index in range(60):
+                    tasks.start_soon(refresh, (a, b)[index % 2])
+            open_gate(tmp_path, "race")
+            history = (await http.get(f"{a.url}/api/projects/race/jobs")).json()["jobs"]
+    assert sorted(reply.status_code for reply in replies) == [200] * 59 + [202]
+    assert len({reply.json()["job"]["job_id"] for reply in replies}) == 1
+    assert len(history) == 1
+
+
+@pytest.mark.anyio
+async def test_a_cursor_taken_on_a_resumes_exactly_on_b(store_url: str, tmp_path: Path) -> None:
+    """Resuming on B from A's cursor gets a welcome and exactly the transitions after it."""
+    with two_servers(store_url, tmp_path) as (a, b):
+        async with socket(a, "resume") as ws:
+            snapshot = (await until(ws, lambda m: m["type"] == "snapshot"))[0]
+            await start(a, "resume", "financial")
+            seen = await until(ws, job_is("completed"))
+        first = next(m for m in seen if m["type"] == "job")
+        async with socket(b, "resume", f"?epoch={first['epoch']}&after={first['seq']}") as ws:
+            resumed = await until(ws, job_is("completed"))
+    assert first["epoch"] == snapshot["epoch"]
+    assert resumed[0]["type"] == "welcome" and resumed[0]["recovered"] is True
+    assert transitions(resumed) == [(2, "running"), (3, "completed")]
+    assert [m["job"] for m in resumed if m["type"] == "job"] == [m["job"] for m in seen if m["type"] == "job"][1:]
+
+
+@pytest.mark.anyio
+async def test_a_cancel_sent_to_b_stops_the_job_running_on_a(store_url: str, tmp_path: Path) -> None:
+    """B records the cancel in Redis; A, which runs the job, hears of it at its next lease renewal."""
+    with two_servers(store_url, tmp_path) as (a, b):
+        async with socket(a, "cancel") as ws:
+            await until(ws, lambda m: m["type"] == "snapshot")
+            job_id = (await start(a, "cancel", "filegated"))["job"]["job_id"]
+            await until(ws, job_is("running", job_id))
+            async with httpx.AsyncClient() as http:
+                reply = await http.post(f"{b.url}/api/projects/cancel/agents/filegated/cancel")
+            assert reply.status_code == 202, reply.text
+            seen = await until(ws, job_is("cancelled", job_id))
+    assert [status for _, status in transitions(seen)] == ["running", "cancelled"]
+    assert seen[-1]["job"]["cancel_requested"] is True
+
+
+@pytest.mark.anyio
+async def test_kill_9_the_process_running_a_job_and_the_other_ends_it_as_interrupted(
+    store_url: str, tmp_path: Path
+) -> None:
+    """The survivor fails a dead process's job once its lease expires, and subscribers see it; nothing else ends it."""
+    with two_servers(store_url, tmp_path) as (a, b):
+        async with socket(b, "crash") as ws:
+            await until(ws, lambda m: m["type"] == "snapshot")
+            job_id = (await start(a, "crash", "filegated"))["job"]["job_id"]
+            await until(ws, job_is("running", job_id))
+            a.kill()
+            killed_at = time.monotonic()
+            seen = await until(ws, job_is("failed", job_id))
+            took = time.monotonic() - killed_at
+        final = seen[-1]["job"]
+        async with httpx.AsyncClient() as http:
+            status = (await http.get(f"{b.url}/api/projects/crash/agents/filegated/job")).json()
+    assert final["error"]["code"] == "interrupted" and status["status"] == "failed"
+    assert len([m for m in seen if m["type"] == "job"]) == 1  # one final state, nothing after it
+    print(f"interrupted {took:.2f} s after kill -9 with a {LEASE_SECONDS:g} s lease")
+    assert "marked 1 interrupted job(s) as failed" in b.log
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_server(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.mark.anyio
+async def test_redis_restarts_under_a_live_subscriber(own_redis: RedisServer, tmp_path: Path) -> None:
+    """While Redis is down the server answers 503s; after it comes back (empty), the subscriber is told honestly."""
+    args = serve_args(own_redis.url("restart"))
+    with jobcast_server(args, tmp_path / "a.log", {"JOBCAST_TEST_GATES": str(gates(tmp_path))}) as a:
+        async with socket(a, "outage") as ws:
+            first = (await until(ws, lambda m: m["type"] == "snapshot"))[0]
+            await start(a, "outage", "financial")
+            await until(ws, job_is("completed"))
+            own_redis.stop()
+            async with httpx.AsyncClient(timeout=WAIT) as http:
+                for _ in range(3):
+                    status = await http.get(f"{a.url}/api/projects/outage")
+                    refresh = await http.post(f"{a.url}/api/projects/outage/agents/financial/refresh")
+                    assert status.status_code == refresh.status_code == 503
+                    assert status.json()["error"]["code"] == refresh.json()["error"]["code"] == "store_unavailable"
+                assert (await http.get(f"{a.url}/healthz")).status_code == 200
+            own_redis.start()
+            # The server notices the new Redis run, starts a new epoch and closes the socket: resume honestly.
+            with anyio.fail_after(WAIT):
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        async with socket(a, "outage", f"?epoch={first['epoch']}&after=3") as ws:
+            snapshot = (await until(ws, lambda m: m["type"] == "snapshot"))[0]
+            assert snapshot["recovered"] is False and snapshot["epoch"] != first["epoch"]
+            await start(a, "outage", "financial")
+            seen = await until(ws, job_is("completed"))
+        assert transitions(seen) == [(1, "queued"), (2, "running"), (3, "completed")]
+    log = a.log
+    assert log.count("is unavailable") == 1, log
+    assert "reachable again" in log
+
+
+def test_workers_start_n_processes_that_share_redis(store_url: str, tmp_path: Path) -> None:
+    """jobcast serve --workers 2 answers on one port from two processes that share one store."""
+    with jobcast_server([*serve_args(store_url), "--workers", "2"], tmp_path / "w.log") as server:
+        pids = {httpx.get(f"{server.url}/healthz").json()["pid"] for _ in range(40)}
+        first = httpx.post(f"{server.url}/api/projects/w/agents/financial/refresh")
+        again = httpx.post(f"{server.url}/api/projects/w/agents/financial/refresh")
+    assert len(pids) == 2, pids
+    assert first.status_code == 202 and again.json()["job"]["job_id"] == first.json()["job"]["job_id"]
+
+
+@pytest.mark.parametrize("store", ["sqlite:///x.db", "memory://"])
+def test_workers_refuse_a_store_one_process_owns(store: str, tmp_path: Path) -> None:
+    """--workers 2 with sqlite: or memory: stops at once with one line that says what to use."""
+    import subprocess
+
+    done = subprocess.run(
+        [*jobcast_command(), "serve", "--workers", "2", "--store", store],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert "redis://" in done.stderr and "--workers 2" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -1,0 +1,159 @@
+"""The pure parts of security: tokens, grants, token buckets, the connection counter, log redaction."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from server.auth import OPEN, Auth, TokenSigner, bearer_token, parse_rights, parse_ttl, subprotocol_token
+from server.errors import (
+    AuthRequired,
+    ConfigError,
+    Forbidden,
+    InvalidToken,
+    RateLimited,
+    TokenExpired,
+    TooManyConnections,
+)
+from server.limits import ConnectionCounter, RateLimiter, TokenBucket
+from server.logs import Redactor
+
+SECRET = "unit-test-secret-0123456789"
+NOW = 1_800_000_000.0
+
+
+def signer() -> TokenSigner:
+    return TokenSigner(SECRET)
+
+
+def test_a_token_round_trips_its_projects_rights_and_expiry() -> None:
+    """What mint() signs, verify() returns: projects, rights, expiry, and a digest (not the token) as its key."""
+    token = signer().mint(["globex", "acme"], ["run", "read"], 90, NOW)
+    grant = signer().verify(token, NOW + 89)
+    assert (grant.projects, grant.rights, grant.expires_at) == ({"acme", "globex"}, {"read", "run"}, NOW + 90)
+    assert grant.key and grant.key not in token
+    assert signer().verify(signer().mint(["*"], ["read"], 60, NOW), NOW).projects is None
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),  # the signature
+        lambda t: t.replace("jc1.", "jc2.", 1),  # the version
+        lambda t: t + "=",  # padding is not part of the format
+        lambda t: t.split(".")[0] + "." + t.split(".")[1],  # no signature
+        lambda t: t + "." + t,  # too many parts
+        lambda t: "jc1." + "A" * 5000 + "." + t.split(".")[2],  # too long
+        lambda t: TokenSigner("another-secret-0123456789").mint(["*"], ["read", "run"], 60, NOW),
+    ],
+)
+def test_any_change_to_a_token_makes_it_invalid(mangle: object) -> None:
+    """An altered, re-signed, truncated or oversized token is invalid_token, never a grant."""
+    token = signer().mint(["acme"], ["read"], 60, NOW)
+    with pytest.raises(InvalidToken):
+        signer().verify(mangle(token), NOW)  # type: ignore[operator]
+
+
+def test_a_token_expires_at_its_expiry_and_only_a_valid_one_says_so() -> None:
+    """At its expiry a token is token_expired; a forged expired one is invalid_token, not expired."""
+    token = signer().mint(["acme"], ["read"], 60, NOW)
+    with pytest.raises(TokenExpired):
+        signer().verify(token, NOW + 60)
+    forged = TokenSigner("another-secret-0123456789").mint(["acme"], ["read"], 60, NOW - 3600)
+    with pytest.raises(InvalidToken):
+        signer().verify(forged, NOW)
+
+
+def test_a_grant_answers_the_same_for_every_project_it_does_not_cover() -> None:
+    """Forbidden's message never names the project, so existing and unknown ids look alike."""
+    grant = signer().verify(signer().mint(["acme"], ["read"], 60, NOW), NOW)
+    grant.require("read", "acme")
+    messages = set()
+    for project in ("globex", "initech"):
+        with pytest.raises(Forbidden) as refused:
+            grant.require("read", project)
+        messages.add(refused.value.message)
+    assert messages == {"this token does not cover that project"}
+    with pytest.raises(Forbidden, match="'run' right"):
+        grant.require("run", "acme")
+
+
+def test_auth_reads_the_header_then_the_subprotocol_and_is_open_without_a_secret() -> None:
+    """A secret needs a token (header, else subprotocol); no secret grants everything; bad setups stop start-up."""
+    auth = Auth.from_secret(SECRET)
+    token = signer().mint(["acme"], ["read"], 60, NOW)
+    assert auth.authenticate(f"Bearer {token}", [], NOW).covers("acme")
+    assert auth.authenticate(None, ["jobcast", f"jobcast.bearer.{token}"], NOW).covers("acme")
+    with pytest.raises(AuthRequired):
+        auth.authenticate("Basic dXNlcjpwYXNz", ["jobcast"], NOW)
+    assert Auth.from_secret(None).authenticate(None, [], NOW) is OPEN
+    with pytest.raises(ConfigError, match="require-auth"):
+        Auth.from_secret(None, require=True)
+    with pytest.raises(ConfigError, match="16 characters"):
+        Auth.from_secret("short")
+    assert "unit-test" not in repr(signer())
+
+
+def test_bearer_and_subprotocol_parsing() -> None:
+    assert bearer_token("bearer  abc ") == "abc"
+    assert bearer_token("Bearer") is None and bearer_token("Token abc") is None and bearer_token(None) is None
+    assert subprotocol_token(["jobcast", "jobcast.bearer.abc"]) == "abc"
+    assert subprotocol_token(["jobcast", "jobcast.bearer."]) is None
+
+
+def test_ttl_and_rights_parsing() -> None:
+    assert [parse_ttl(t) for t in ("90", "90s", "30m", "1h", "7d", "1.5h")] == [90, 90, 1800, 3600, 604800, 5400]
+    for bad in ("0", "-1h", "1w", "", "400d", "nan"):
+        with pytest.raises(ValueError):
+            parse_ttl(bad)
+    assert parse_rights("run, read") == ("read", "run")
+    with pytest.raises(ValueError):
+        parse_rights("read,admin")
+
+
+def test_a_token_bucket_allows_a_burst_then_the_rate() -> None:
+    """Three at once, then one every 20 s: the wait is what the bucket still lacks."""
+    limiter = RateLimiter(3, clock=lambda: now)
+    now = 0.0
+    for _ in range(3):
+        limiter.check("t")
+    with pytest.raises(RateLimited) as limited:
+        limiter.check("t")
+    assert limited.value.retry_after == 20
+    limiter.check("other")  # another key, another bucket
+    now = 20.0
+    limiter.check("t")
+    bucket = TokenBucket(2, 1, 0.0)
+    assert [bucket.take(0.0), bucket.take(0.0), bucket.take(0.5)] == [0.0, 0.0, 0.5]
+
+
+def test_the_connection_counter_refuses_past_its_limit_per_address() -> None:
+    counter = ConnectionCounter(2)
+    with counter.hold("a"), counter.hold("a"):
+        with pytest.raises(TooManyConnections):
+            counter.acquire("a")
+        with counter.hold("b"):
+            assert counter.count("b") == 1
+    assert counter.count("a") == 0
+
+
+def test_the_redactor_blanks_tokens_headers_credentials_and_the_secret() -> None:
+    """Access-log arguments stay a tuple; other records are rewritten whole."""
+    token = signer().mint(["acme"], ["read"], 60, NOW)
+    redactor = Redactor(SECRET)
+    access = logging.LogRecord(
+        "uvicorn.access", 20, "", 0, '%s - "%s %s" %d', ("c", "GET", f"/x?token={token}", 200), None
+    )
+    redactor.filter(access)
+    assert access.args == ("c", "GET", "/x?token=[redacted]", 200)
+    for msg, args in [
+        ("< %s: %s", ("authorization", "Bearer some-opaque-value")),
+        ("< %s: %s", ("sec-websocket-protocol", "jobcast, jobcast.bearer.opaque-value")),
+        ("secret is %s", (SECRET,)),
+        ("%s", ("/x?access_token=opaque-value&after=3",)),
+    ]:
+        record = logging.LogRecord("uvicorn.error", 10, "", 0, msg, args, None)
+        redactor.filter(record)
+        text = record.getMessage()
+        assert "opaque-value" not in text and SECRET not in text and "[redacted]" in text, text
