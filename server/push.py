@@ -8,6 +8,7 @@ token expires, and an SSE stream ends then.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -28,7 +29,7 @@ from . import access, validation
 from .auth import SUBPROTOCOL, Grant
 from .cursor import Cursor, Resume, Snapshot, parse_cursor, parse_last_event_id, plan
 from .engine import Engine
-from .errors import CloseCode, JobcastError
+from .errors import CloseCode, JobcastError, StoreUnavailable
 from .http_errors import log_refusal, refuse_handshake, response_for
 from .hub import Hub, Message, Subscription, encode, event_message, server_time
 from .limits import Limits
@@ -160,7 +161,11 @@ async def _serve_socket(websocket: WebSocket, services: _Services, grant: Grant,
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     hub, sub = services.hub, services.hub.new_subscription()
     try:
-        await hub.join(project_id, sub)
+        try:
+            await hub.join(project_id, sub)
+        except StoreUnavailable as exc:
+            await _close_unavailable(websocket, exc)
+            return
         sub.writer = websocket.scope.get("extensions", {}).get(SEND_NOWAIT)
         # Helpers run in the app's task group, not a group per connection: 10k idle sockets
         # should cost as little as possible. Each ends once its socket does.
@@ -184,7 +189,19 @@ async def _send_opening(
             await websocket.send_text(message.text)
     except (WebSocketDisconnect, RuntimeError):
         return False
+    except StoreUnavailable as exc:
+        await _close_unavailable(websocket, exc)
+        return False
     return True
+
+
+async def _close_unavailable(websocket: WebSocket, exc: StoreUnavailable) -> None:
+    """The store is down: say so, then close with 1013 so the client retries later with its cursor."""
+    try:
+        await websocket.send_text(encode(_client_error(exc.code, exc.message)))
+    except (WebSocketDisconnect, RuntimeError):
+        return
+    await _close(websocket, CloseCode.TRY_AGAIN_LATER, "the store is unavailable; try again shortly")
 
 
 async def _drain(websocket: WebSocket, sub: Subscription) -> None:
@@ -309,6 +326,12 @@ class EventStream:
                 else:
                     await _send_chunk(send, b"".join(sse_frame(m) for m in batch))
         except OSError:
+            scope.cancel()
+        except StoreUnavailable as exc:
+            # The browser's EventSource reconnects by itself, with Last-Event-ID, after "retry".
+            error = Message("error", encode(_client_error(exc.code, exc.message)))
+            with anyio.move_on_after(1), contextlib.suppress(OSError):
+                await _send_chunk(send, b"retry: 2000\n\n" + sse_frame(error))
             scope.cancel()
 
 

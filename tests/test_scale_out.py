@@ -213,6 +213,14 @@ async def test_redis_restarts_under_a_live_subscriber(own_redis: RedisServer, tm
                     assert status.status_code == refresh.status_code == 503
                     assert status.json()["error"]["code"] == refresh.json()["error"]["code"] == "store_unavailable"
                 assert (await http.get(f"{a.url}/healthz")).status_code == 200
+                for path in ("/api/projects/elsewhere/events/stream", "/api/projects/elsewhere/events"):
+                    reply = await http.get(f"{a.url}{path}")
+                    assert reply.status_code == 503 and reply.json()["error"]["code"] == "store_unavailable"
+            async with socket(a, "elsewhere") as other:
+                refused = await until(other, lambda m: m["type"] == "error")
+                with pytest.raises(ConnectionClosed) as closed:
+                    await other.recv()
+            assert refused[-1]["code"] == "store_unavailable" and closed.value.rcvd.code == 1013  # type: ignore[union-attr]
             own_redis.start()
             # The server notices the new Redis run, starts a new epoch and closes the socket: resume honestly.
             with anyio.fail_after(WAIT):
