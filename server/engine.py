@@ -205,11 +205,18 @@ class Engine:
         process, and notices a Redis restart (a new epoch) even when nothing else is going on.
         """
         tick = min(1.0, self.store.lease_seconds / 3)
+        failing = False
         while True:
             try:
                 await self._lease_round()
+                failing = False
             except StoreUnavailable:
                 pass  # the store logged it once; the next round retries
+            except Exception:
+                # Never let one bad round end the loop: without it, this process's leases lapse.
+                if not failing:
+                    logger.exception("a lease round failed; retrying every %g s", tick)
+                failing = True
             await anyio.sleep(tick)
 
     async def _lease_round(self) -> None:

@@ -198,11 +198,20 @@ class Channel:
         self.on_final: Callable[[str, str], None] = lambda project_id, job_id: None
         #: why the channel could not start; its subscribers get the error
         self.failure: StoreUnavailable | None = None
+        self.ended = False
         self.cursor = 0
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._advanced: anyio.Event | None = None
         self.scope = anyio.CancelScope()
 
     async def run(self) -> None:
+        try:
+            await self._follow()
+        finally:
+            self.ended = True
+            self._wake_waiters()
+
+    async def _follow(self) -> None:
         with self.scope:
             try:
                 self.cursor = await self.store.last_seq(self.project_id)
@@ -225,8 +234,26 @@ class Channel:
                     raise EpochChanged(f"the store started epoch {self.store.epoch} (was {epoch})")
                 for event in events:
                     self._fan_out(event)
+                if events:
+                    self._wake_waiters()
                 for update in progress:
                     self.on_progress(update)
+
+    def _wake_waiters(self) -> None:
+        if self._advanced is not None:
+            self._advanced.set()
+            self._advanced = None
+
+    async def wait_past(self, after: int) -> bool:
+        """Wait until this channel has fanned out an event past ``after``; False if it ends first."""
+        while self.cursor <= after and not self.ended:
+            if self._advanced is None:
+                self._advanced = anyio.Event()
+            await self._advanced.wait()
+        return self.cursor > after
+
+    def finished(self, job_id: str) -> bool:
+        return job_id in self._finished
 
     def _fan_out(self, event: Event) -> None:
         message = event_message(event)  # encoded once for every subscriber
@@ -244,7 +271,7 @@ class Channel:
             self._finished.popitem(last=False)
 
     def publish_progress(self, update: ProgressUpdate) -> None:
-        if update.job_id in self._finished:
+        if self.finished(update.job_id):
             return  # nothing about a job follows its final state
         message = Message("progress", encode(update.to_dict()))
         for subscriber in self.subscribers:
@@ -260,6 +287,8 @@ class Hub:
         self._send_buffer = send_buffer
         self._channels: dict[str, Channel] = {}
         self._latest: dict[str, dict[str, ProgressUpdate]] = {}
+        #: jobs running in this process; other processes' progress is kept only while a channel follows it
+        self._local_jobs: set[str] = set()
         #: set when the server begins to shut down: open streams and long-polls end at once
         self.closing = anyio.Event()
 
@@ -298,6 +327,27 @@ class Hub:
         if not channel.subscribers:
             channel.scope.cancel()
             del self._channels[project_id]
+            self._forget_remote_progress(project_id)
+
+    def _forget_remote_progress(self, project_id: str) -> None:
+        """Without a channel, nothing tells this process when another process's job ends."""
+        jobs = self._latest.get(project_id, {})
+        for job_id in [job_id for job_id in jobs if job_id not in self._local_jobs]:
+            del jobs[job_id]
+        if not jobs:
+            self._latest.pop(project_id, None)
+
+    async def wait_for_events(self, project_id: str, after: int, timeout: float) -> bool:
+        """For long-polls: wait on the project's channel (one store reader, however many wait)."""
+        waiter = _Waiter(0)
+        try:
+            await self.join(project_id, waiter)
+            channel = self._channels.get(project_id)
+            with anyio.move_on_after(timeout):
+                return channel is not None and await channel.wait_past(after)
+            return False
+        finally:
+            self.leave(project_id, waiter)
 
     async def unless_closing(self, awaitable: Coroutine[Any, Any, T], default: T) -> T:
         """Await ``awaitable``, or return ``default`` as soon as the server starts shutting down."""
@@ -332,6 +382,7 @@ class Hub:
 
     def publish_progress(self, update: ProgressUpdate) -> None:
         """Called by the engine on each tick and report of a running job."""
+        self._local_jobs.add(update.job_id)
         if self.store.shared:
             # Every process's channel reader, this one's included, gets it back from the store.
             self._latest.setdefault(update.project_id, {})[update.job_id] = update
@@ -344,13 +395,16 @@ class Hub:
             await self.store.publish_progress(update)
 
     def _deliver_progress(self, update: ProgressUpdate) -> None:
-        self._latest.setdefault(update.project_id, {})[update.job_id] = update
         channel = self._channels.get(update.project_id)
+        if channel is not None and channel.finished(update.job_id):
+            return  # late progress of a job whose final state already went out
+        self._latest.setdefault(update.project_id, {})[update.job_id] = update
         if channel is not None:
             channel.publish_progress(update)
 
     def job_ended(self, project_id: str, job_id: str) -> None:
         """Called by the engine once a job is final: its progress is no longer news."""
+        self._local_jobs.discard(job_id)
         jobs = self._latest.get(project_id)
         if jobs is not None:
             jobs.pop(job_id, None)
@@ -378,6 +432,17 @@ class Hub:
                 subscriber.on_overflow()
         if self._channels.get(channel.project_id) is channel:
             del self._channels[channel.project_id]
+            self._forget_remote_progress(channel.project_id)
+
+
+class _Waiter(Subscription):
+    """Keeps a channel open for a long-poll; it takes no messages, the long-poll reads the store."""
+
+    def push_event(self, seq: int, message: Message, job_id: str, final: bool) -> None:
+        pass
+
+    def push_progress(self, job_id: str, seq: int, message: Message) -> None:
+        pass
 
 
 def server_time() -> str | None:

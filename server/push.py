@@ -410,7 +410,7 @@ async def _poll(request: Request, services: _Services, project_id: str, wait: in
         if (
             not events
             and wait
-            and await services.hub.unless_closing(store.wait_for_events(project_id, decision.after, wait), False)
+            and await services.hub.unless_closing(services.hub.wait_for_events(project_id, decision.after, wait), False)
         ):
             events = await store.events_after(project_id, decision.after, _REPLAY_BATCH)
         seq = events[-1].seq if events else decision.after

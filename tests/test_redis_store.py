@@ -17,8 +17,8 @@ import pytest
 
 from server.errors import StaleJob, StoreUnavailable
 from server.jobs import Job, JobError, JobStatus, ProgressUpdate
-from server.store import store_from_url
-from server.store.redis_store import RedisStore, redacted, split_url
+from server.store import redacted, store_from_url
+from server.store.redis_store import RedisStore, split_url
 from tests.conftest import WAIT
 from tests.redis_server import RedisServer, redis_server
 
@@ -54,6 +54,15 @@ def test_the_url_carries_a_key_prefix_and_passwords_stay_out_of_logs() -> None:
     assert split_url("redis://h:6379/2?prefix=team-a") == ("redis://h:6379/2", "team-a:")
     assert split_url("redis://h:6379/0") == ("redis://h:6379/0", "jobcast:")
     assert redacted("redis://user:s3cret@h:6379/0") == "redis://user:***@h:6379/0"
+
+
+def test_a_bad_redis_url_is_a_config_error_without_its_password() -> None:
+    """A malformed URL stops start-up with one message, and the password is not in it."""
+    from server.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        store_from_url("redis://:hunter2-secret@127.0.0.1:63x79/0")
+    assert "hunter2" not in str(refused.value) and ":***@" in str(refused.value)
 
 
 async def test_two_processes_racing_to_start_get_one_job(redis_server: RedisServer) -> None:
@@ -109,7 +118,7 @@ async def test_progress_from_one_process_reaches_another_processes_reader(redis_
 async def test_an_orphan_is_found_once_its_lease_expires_and_never_finished_twice(redis_server: RedisServer) -> None:
     """A job whose process stops renewing is an orphan for others; the lost process learns it lost the job."""
     url = redis_server.url()
-    async with opened(url, lease_seconds=0.3) as dead, opened(url, lease_seconds=0.3) as survivor:
+    async with opened(url, lease_seconds=1.0) as dead, opened(url, lease_seconds=1.0) as survivor:
         job, _ = await dead.create_job(Job.new("p", "x"))
         running = (await dead.update_job(job.transition(JobStatus.RUNNING), JobStatus.QUEUED)).job
         assert await survivor.orphaned_jobs() == []  # the lease is fresh
@@ -131,11 +140,11 @@ async def test_an_orphan_is_found_once_its_lease_expires_and_never_finished_twic
 async def test_renewing_keeps_a_job_and_carries_cancels_asked_elsewhere(redis_server: RedisServer) -> None:
     """A renewed lease never expires; a cancel requested through another process shows up in the renewal."""
     url = redis_server.url()
-    async with opened(url, lease_seconds=0.3) as owner, opened(url) as other:
+    async with opened(url, lease_seconds=1.0) as owner, opened(url) as other:
         job, _ = await owner.create_job(Job.new("p", "x"))
         running = (await owner.update_job(job.transition(JobStatus.RUNNING), JobStatus.QUEUED)).job
         with anyio.fail_after(WAIT):
-            for _ in range(8):  # 0.8 s: well past the lease, renewed every 0.1 s
+            for _ in range(15):  # 1.5 s: past the lease, renewed every 0.1 s
                 report = await owner.renew_leases([job.job_id])
                 assert report.lost == set() and report.cancel_requested == set()
                 await anyio.sleep(0.1)

@@ -187,6 +187,9 @@ async def test_kill_9_the_process_running_a_job_and_the_other_ends_it_as_interru
     assert final["error"]["code"] == "interrupted" and status["status"] == "failed"
     assert len([m for m in seen if m["type"] == "job"]) == 1  # one final state, nothing after it
     print(f"interrupted {took:.2f} s after kill -9 with a {LEASE_SECONDS:g} s lease")
+    # The lease, plus one lease round of the survivor, plus generous slack for a loaded machine;
+    # a server that ended orphans some other way (or never) would miss this by far.
+    assert took < LEASE_SECONDS + 4
     assert "marked 1 interrupted job(s) as failed" in b.log
 
 
@@ -237,6 +240,38 @@ async def test_redis_restarts_under_a_live_subscriber(own_redis: RedisServer, tm
     log = a.log
     assert log.count("is unavailable") == 1, log
     assert "reachable again" in log
+
+
+@pytest.mark.anyio
+async def test_long_polls_share_their_processs_one_reader(own_redis: RedisServer, tmp_path: Path) -> None:
+    """40 long-polls waiting on one project hold one Redis reader between them, not one connection each."""
+    import redis
+
+    with jobcast_server(serve_args(own_redis.url("polls")), tmp_path / "a.log") as a:
+        admin = redis.Redis(port=own_redis.port)
+        try:
+            idle = len(admin.client_list())
+            async with httpx.AsyncClient(timeout=WAIT, limits=httpx.Limits(max_connections=100)) as http:
+                epoch = (await http.get(f"{a.url}/api/projects/polls")).json()["epoch"]
+                replies: list[httpx.Response] = []
+
+                async def long_poll() -> None:
+                    url = f"{a.url}/api/projects/polls/events?epoch={epoch}&after=0&wait=20"
+                    replies.append(await http.get(url))
+
+                async with anyio.create_task_group() as tasks:
+                    for _ in range(40):
+                        tasks.start_soon(long_poll)
+                    with anyio.fail_after(WAIT):  # until all 40 wait on the project's channel
+                        while (await http.get(f"{a.url}/healthz")).json()["subscribers"] < 40:  # noqa: ASYNC110
+                            await anyio.sleep(0.05)  # polling the server's own count; nothing to await
+                    waiting = len(admin.client_list())
+                    await start(a, "polls", "financial")
+        finally:
+            admin.close()
+    # One blocking reader for the project, plus the few pooled connections the burst of requests used.
+    assert waiting - idle <= 10, (idle, waiting)
+    assert [reply.json()["events"][0]["job"]["status"] for reply in replies] == ["queued"] * 40
 
 
 def test_workers_start_n_processes_that_share_redis(store_url: str, tmp_path: Path) -> None:

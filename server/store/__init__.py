@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import Follower, LeaseReport, Store
+from .base import Follower, LeaseReport, Store, redacted
 
-__all__ = ["Follower", "LeaseReport", "Store", "store_from_url"]
+__all__ = ["Follower", "LeaseReport", "Store", "redacted", "store_from_url"]
 
 
 def store_from_url(url: str, *, history: int = 1000, lease_seconds: float = 15.0) -> Store:
@@ -17,16 +17,20 @@ def store_from_url(url: str, *, history: int = 1000, lease_seconds: float = 15.0
 
 
 def _store_for(url: str) -> Store:
+    try:
+        return _open_store(url)
+    except ValueError as exc:
+        raise ConfigError(f"store {redacted(url)!r}: {exc}") from None
+
+
+def _open_store(url: str) -> Store:
     scheme = url.partition("://")[0]
     if scheme in ("redis", "rediss"):
         try:
             from .redis_store import RedisStore
         except ImportError:
-            raise ConfigError(f"store {url!r} needs redis-py: pip install 'jobcast[redis]'") from None
-        try:
-            return RedisStore(url)
-        except ValueError as exc:
-            raise ConfigError(f"store {url!r}: {exc}") from None
+            raise ConfigError(f"store {redacted(url)!r} needs redis-py: pip install 'jobcast[redis]'") from None
+        return RedisStore(url)
     if scheme == "memory":
         from .memory import MemoryStore
 
@@ -34,8 +38,7 @@ def _store_for(url: str) -> Store:
     if scheme == "sqlite":
         from .sqlite import SQLiteStore, path_from_url
 
-        try:
-            return SQLiteStore(path_from_url(url))
-        except ValueError as exc:
-            raise ConfigError(f"store {url!r}: {exc}") from None
-    raise ConfigError(f"store {url!r}: unknown scheme; use sqlite:///path.db, redis://host:6379/0 or memory://")
+        return SQLiteStore(path_from_url(url))
+    raise ConfigError(
+        f"store {redacted(url)!r}: unknown scheme; use sqlite:///path.db, redis://host:6379/0 or memory://"
+    )

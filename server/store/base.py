@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import urllib.parse
 from collections.abc import Collection, Sequence
 
 import anyio
@@ -187,3 +188,12 @@ class ChangeFeed:
 
 def newest_first(jobs: Sequence[Job], limit: int) -> list[Job]:
     return sorted(jobs, key=lambda job: job.created_at, reverse=True)[:limit]
+
+
+def redacted(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for logs and error messages."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))

@@ -29,12 +29,13 @@ import anyio
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import StaleJob, StoreUnavailable
 from ..jobs import Event, Job, JobStatus, LastResult, Progress, ProgressUpdate
-from .base import Follower, LeaseReport, ProjectState, Store
+from .base import Follower, LeaseReport, ProjectState, Store, redacted
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,17 @@ _PROGRESS_KEEP = 64
 _BLOCK_MS = 1000
 _SOCKET_TIMEOUT = 5.0
 _CONNECT_TIMEOUT = 2.0
+#: Redis cannot take the command now, but may soon: unreachable, loading, out of memory,
+#: a read-only replica after a failover, no primary. Each is an outage, answered with 503.
+_UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    TryAgainError,
+    ClusterDownError,
+)
 
 _APPEND = """
 local function append(p, project, record, updated_at, maxlen)
@@ -187,14 +199,6 @@ def split_url(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), prefix.rstrip(":") + ":"
 
 
-def redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{netloc}"))
-
-
 class RedisStore(Store):
     kind = "redis"
     shared = True
@@ -249,7 +253,7 @@ class RedisStore(Store):
             if not self._epoch_checked:
                 await self._refresh_epoch()
             result = await operation(*args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except _UNAVAILABLE as exc:
             self._went_away(exc)
             raise StoreUnavailable("the Redis store is unavailable; try again shortly") from None
         if self._unavailable:
@@ -467,7 +471,6 @@ class _RedisFollower(Follower):
         if self.progress_id is None:
             newest = await store._call(store.client.xrevrange, self.progress_key, count=1)
             self.progress_id = newest[0][0] if newest else "0-0"
-            self.epoch = store.epoch
         while store.epoch == self.epoch:  # a new epoch ends the channel; its caller sees store.epoch
             replies = await store._call(
                 store.client.xread,
