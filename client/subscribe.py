@@ -86,6 +86,9 @@ class Subscription:
             try:
                 async with contextlib.aclosing(self._connect_once()) as messages:
                     async for message in messages:
+                        if message.get("type") == "error":
+                            # The server could not serve the stream (the store is down): back off, keep counting.
+                            raise StreamLost(self.transport or "stream", _error_text(message))
                         attempt, failing_since = 0, None
                         if self.tracker.accept(message):
                             yield message
@@ -188,3 +191,7 @@ async def subscribe(
             yield subscription
         finally:
             await subscription.aclose()
+
+
+def _error_text(message: Message) -> str:
+    return f"the server reported {message.get('code')}: {message.get('message')}"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from client import cli as client_cli
 
 from . import logs
-from .auth import ALL_PROJECTS, RIGHTS, Auth, TokenSigner, parse_rights, parse_ttl
+from .auth import ALL_PROJECTS, RIGHTS, TokenSigner, parse_rights, parse_ttl
 from .errors import ConfigError
 from .settings import Settings, build_serve_parser
 
@@ -93,17 +93,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve(argv: Sequence[str]) -> int:
     try:
         settings = Settings.from_args(argv)
-        if settings.workers > 1:
-            from .workers import run_workers
-
-            Auth.from_secret(settings.secret, require=settings.require_auth)  # refuse before any child starts
-            return run_workers(settings)
         from .app import create_app
+        from .workers import check_shareable, run_workers
 
+        check_shareable(settings)
+        # Agents, the store URL and the auth settings are checked here, before any process starts.
         app = create_app(settings)
     except ConfigError as exc:
         print(f"jobcast: error: {exc}", file=sys.stderr)
         return 2
+    if settings.workers > 1:
+        return run_workers(settings)  # each worker builds its own app from the same settings
     return run_server(app, settings)
 
 

@@ -14,6 +14,7 @@ import multiprocessing
 import signal
 import socket
 import threading
+import time
 from multiprocessing.context import SpawnProcess
 from types import FrameType
 
@@ -25,6 +26,11 @@ logger = logging.getLogger("jobcast.workers")
 multiprocessing.allow_connection_pickling()  # lets the listening socket travel to spawned children
 _spawn = multiprocessing.get_context("spawn")
 
+#: A worker that exits sooner than this after starting is crashing, not just unlucky ...
+_STEADY_SECONDS = 10.0
+#: ... and after this many such exits in a row the server stops instead of looping.
+_QUICK_EXITS_ALLOWED = 3
+
 #: Stores that can be shared by processes.
 SHARED_SCHEMES = ("redis", "rediss")
 
@@ -35,7 +41,7 @@ def check_shareable(settings: Settings) -> None:
     if settings.workers > 1 and scheme not in SHARED_SCHEMES:
         raise ConfigError(
             f"--workers {settings.workers} needs a store the processes can share, like redis://127.0.0.1:6379/0; "
-            f"{scheme}: lives inside one process (see docs/scaling.md)"
+            f"{scheme}: lives inside one process (see docs/scaling.md; for parallel agent jobs use --threads)"
         )
 
 
@@ -53,18 +59,27 @@ def run_workers(settings: Settings) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stop)
+    started = [time.monotonic()] * len(children)
+    quick_exits = 0
     while not stopping.wait(0.5):
         for index, child in enumerate(children):
-            if not child.is_alive():
-                logger.warning("worker process %s exited with %s; starting another", child.pid, child.exitcode)
-                children[index] = _start_child(settings, listener)
+            if child.is_alive():
+                continue
+            lived = time.monotonic() - started[index]
+            quick_exits = quick_exits + 1 if lived < _STEADY_SECONDS else 0
+            if quick_exits >= _QUICK_EXITS_ALLOWED:
+                logger.error("worker processes keep exiting within %g s of starting; stopping", _STEADY_SECONDS)
+                stopping.set()
+                break
+            logger.warning("worker process %s exited with %s; starting another", child.pid, child.exitcode)
+            children[index], started[index] = _start_child(settings, listener), time.monotonic()
     for child in children:
         if child.is_alive() and child.pid is not None:
             child.terminate()  # SIGTERM: each child shuts down gracefully on its own
     for child in children:
         child.join()
     listener.close()
-    return 0
+    return 1 if quick_exits >= _QUICK_EXITS_ALLOWED else 0
 
 
 def _bind(settings: Settings) -> socket.socket:

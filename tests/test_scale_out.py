@@ -243,6 +243,25 @@ async def test_redis_restarts_under_a_live_subscriber(own_redis: RedisServer, tm
 
 
 @pytest.mark.anyio
+async def test_the_client_backs_off_and_gives_up_while_the_store_is_down(
+    own_redis: RedisServer, tmp_path: Path
+) -> None:
+    """A store_unavailable refusal is a failure to the client: no error messages yielded, backoff grows, it gives up."""
+    from client import Reconnect, ServerUnreachable, subscribe
+
+    with jobcast_server(serve_args(own_redis.url("down")), tmp_path / "a.log") as a:
+        own_redis.stop()
+        delays: list[float] = []
+        policy = Reconnect(initial=0.05, maximum=0.4, give_up_after=1.5, retry_first=True)
+        hook = lambda error, delay: delays.append(delay)  # noqa: E731
+        with anyio.fail_after(WAIT), pytest.raises(ServerUnreachable):
+            async with subscribe(a.url, "down", transport="ws", reconnect=policy, on_retry=hook) as events:
+                async for message in events:
+                    raise AssertionError(f"nothing should be delivered while the store is down: {message}")
+    assert len(delays) >= 3 and max(delays) > 2 * min(delays), delays  # it backed off instead of hammering
+
+
+@pytest.mark.anyio
 async def test_long_polls_share_their_processs_one_reader(own_redis: RedisServer, tmp_path: Path) -> None:
     """40 long-polls waiting on one project hold one Redis reader between them, not one connection each."""
     import redis
@@ -299,3 +318,18 @@ def test_workers_refuse_a_store_one_process_owns(store: str, tmp_path: Path) -> 
     assert done.returncode == 2
     assert "redis://" in done.stderr and "--workers 2" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_workers_check_the_agents_before_starting_any_process(store_url: str, tmp_path: Path) -> None:
+    """A bad agent spec with --workers 2 stops at once with one line, as it does for one process."""
+    import subprocess
+
+    done = subprocess.run(
+        [*jobcast_command(), "serve", "--workers", "2", "--store", store_url, "--agent", "nope.module:Nope"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2 and "nope.module" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

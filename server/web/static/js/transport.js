@@ -98,11 +98,13 @@ export class Connection {
     let delivered = false;
     let closed = false;
     socket.onmessage = (event) => {
+      const message = JSON.parse(event.data);
+      if (message.type === "error") return; // e.g. store_unavailable before a 1013 close: not a working stream
       if (!delivered) {
         delivered = true;
         this.delivered();
       }
-      this.onMessage(JSON.parse(event.data));
+      this.onMessage(message);
     };
     const end = (event) => {
       if (closed) return;
@@ -145,6 +147,7 @@ export class Connection {
         const parsed = sseMessages(buffer + value);
         buffer = parsed.rest;
         for (const message of parsed.messages) {
+          if (message.type === "error") throw new Error(message.message); // the server cannot serve the stream now
           if (!delivered) {
             delivered = true;
             this.delivered();
