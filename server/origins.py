@@ -2,13 +2,18 @@
 
 :class:`OriginGuard` refuses any request or WebSocket handshake whose ``Origin`` is
 neither, with 403 ``origin_not_allowed``, before any route runs. A request without
-``Origin`` (a CLI, a program, a browser's top-level navigation) passes. Listed
-origins also get CORS answers, so a dashboard hosted elsewhere can call the API with
-its token; the server's own pages need none.
+``Origin`` (a CLI, a program, a browser's top-level navigation) passes, with one
+exception: browsers send no ``Origin`` on simple cross-site GETs (``<img src>``,
+``fetch(..., {mode: "no-cors"})``), so those are told apart by their Fetch Metadata
+(``Sec-Fetch-Site``). A cross-site request without an allowed Origin is refused unless
+it is a top-level navigation to a route that changes nothing. Listed origins also get
+CORS answers, so a dashboard hosted elsewhere can call the API with its token; the
+server's own pages need none.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from starlette.datastructures import Headers
@@ -19,6 +24,20 @@ from starlette.websockets import WebSocket
 
 from .errors import OriginNotAllowed
 from .http_errors import log_refusal, refuse_handshake, response_for
+
+#: The old app's GET that starts a job: the one GET that changes state.
+_STARTS_ON_GET = re.compile(r"/[^/]+_agent/status/[^/]+")
+#: Fetch Metadata values of a request made by another site's page.
+_OTHER_SITE = ("cross-site", "same-site")
+
+
+def fetched_by_another_site(scope: Scope) -> bool:
+    """A browser request, without Origin, that another site's page made (not a link the user followed to a page)."""
+    headers = Headers(scope=scope)
+    if headers.get("sec-fetch-site") not in _OTHER_SITE:
+        return False  # same-origin, a typed URL or bookmark ("none"), or not a browser
+    navigation = headers.get("sec-fetch-mode") == "navigate" and scope.get("method") == "GET"
+    return not navigation or bool(_STARTS_ON_GET.fullmatch(scope["path"]))
 
 
 def origin_allowed(scope: Scope, origin: str | None, allowed: Sequence[str]) -> bool:
@@ -40,7 +59,7 @@ class OriginGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             origin = Headers(scope=scope).get("origin")
-            if not origin_allowed(scope, origin, self.allowed):
+            if not origin_allowed(scope, origin, self.allowed) or (origin is None and fetched_by_another_site(scope)):
                 await self._refuse(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -364,6 +364,25 @@ async def test_a_foreign_origin_is_refused_even_without_a_token_and_the_allowed_
     assert foreign.status == 403 and "access-control-allow-origin" not in foreign.headers
 
 
+def test_in_open_mode_another_sites_page_cannot_start_a_job_without_an_origin(tmp_path: Path) -> None:
+    """Simple cross-site GETs carry no Origin; their Fetch Metadata gets them refused, links to pages still work."""
+    other_site = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"}
+    link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    with jobcast_server(["--store", "memory://", *AGENTS], tmp_path / "open.log", env={"JOBCAST_SECRET": ""}) as server:
+        image = httpx.get(f"{server.url}/quick_agent/status/acme", headers=other_site)
+        followed_to_start = httpx.get(f"{server.url}/quick_agent/status/acme", headers=link)
+        same_site_port = httpx.get(
+            f"{server.url}/quick_agent/status/acme", headers={**other_site, "Sec-Fetch-Site": "same-site"}
+        )
+        history = httpx.get(f"{server.url}/api/projects/acme/jobs").json()["jobs"]
+        followed_to_page = httpx.get(f"{server.url}/projects/acme", headers=link)
+        script = httpx.get(f"{server.url}/quick_agent/status/acme")  # an old polling client: no browser headers
+    for refused in (image, followed_to_start, same_site_port):
+        assert (refused.status_code, refused.json()["error"]["code"]) == (403, "origin_not_allowed")
+    assert history == []  # none of them started anything
+    assert followed_to_page.status_code == 200 and script.status_code == 200
+
+
 # -- 3. limits --------------------------------------------------------------------------------------
 
 

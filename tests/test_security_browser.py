@@ -163,3 +163,35 @@ async def test_without_a_valid_token_the_dashboard_says_so(guarded: JobcastServe
         await expect(page.locator("body")).to_have_attribute("data-connection", "live", timeout=TIMEOUT_MS)
         await expect(page.locator("body")).to_have_attribute("data-connection", "unauthorized", timeout=TIMEOUT_MS)
         await expect(page.locator(".toast[data-auth=token_expired]")).to_contain_text(re.compile("expired"))
+
+
+#: what a foreign page can do without any token: GETs that browsers send without an Origin
+SIMPLE_GETS = """
+async ({ server }) => {
+  const image = await new Promise((resolve) => {
+    const img = new Image();
+    img.onload = () => resolve("loaded");
+    img.onerror = () => resolve("error");
+    img.src = server + "/quick_agent/status/acme";
+  });
+  await fetch(server + "/quick_agent/status/acme", { mode: "no-cors" }).catch(() => {});
+  return image;
+}
+"""
+
+
+async def test_in_open_mode_a_foreign_page_cannot_start_a_job_with_a_simple_get(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The old app's GET starts a job; from another site's <img> or no-cors fetch the server refuses it."""
+    log = tmp_path_factory.mktemp("open") / "server.log"
+    with jobcast_server(ARGS, log, env={"JOBCAST_SECRET": "", "PYTHONUNBUFFERED": "1"}) as server:
+        with foreign_site() as foreign:
+            async with chromium() as browser:
+                page = await browser.new_page()
+                await page.goto(foreign)
+                assert await page.evaluate(SIMPLE_GETS, {"server": server.url}) == "error"
+        await wait_for_log(server, "refused GET /quick_agent/status/acme ", "403 origin_not_allowed")
+        async with httpx.AsyncClient(base_url=server.url, timeout=WAIT) as http:
+            status = (await http.get("/api/projects/acme")).json()
+    assert status["agents"]["quick"]["job"] is None
