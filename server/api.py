@@ -119,6 +119,7 @@ async def healthz(request: Request) -> JSONResponse:
             "threads": engine.config.threads,
             "busy_threads": engine.busy_threads,
             "subscribers": request.state.hub.subscriber_count,
+            "waiting_polls": request.state.hub.waiting_polls,
             "pid": os.getpid(),  # which process answered, with --workers
         }
     )

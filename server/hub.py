@@ -294,7 +294,13 @@ class Hub:
 
     @property
     def subscriber_count(self) -> int:
-        return sum(len(channel.subscribers) for channel in self._channels.values())
+        """Open WebSockets and SSE streams."""
+        return sum(len(channel.subscribers) for channel in self._channels.values()) - self.waiting_polls
+
+    @property
+    def waiting_polls(self) -> int:
+        """Long-polls waiting on a channel."""
+        return sum(isinstance(sub, _Waiter) for channel in self._channels.values() for sub in channel.subscribers)
 
     @contextlib.asynccontextmanager
     async def subscribe(self, project_id: str) -> AsyncIterator[Subscription]:

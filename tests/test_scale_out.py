@@ -281,7 +281,7 @@ async def test_long_polls_share_their_processs_one_reader(own_redis: RedisServer
                     for _ in range(40):
                         tasks.start_soon(long_poll)
                     with anyio.fail_after(WAIT):  # until all 40 wait on the project's channel
-                        while (await http.get(f"{a.url}/healthz")).json()["subscribers"] < 40:  # noqa: ASYNC110
+                        while (await http.get(f"{a.url}/healthz")).json()["waiting_polls"] < 40:  # noqa: ASYNC110
                             await anyio.sleep(0.05)  # polling the server's own count; nothing to await
                     blocked = [c for c in admin.client_list() if "b" in c["flags"]]  # in a blocking XREAD
                     await start(a, "polls", "financial")
