@@ -7,8 +7,9 @@ import os
 import shutil
 from collections.abc import AsyncIterator
 
-import pytest
 from playwright.async_api import Browser, async_playwright
+
+from tests.conftest import require_program
 
 CHROMIUM = os.environ.get("JOBCAST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -25,13 +26,8 @@ CHROMIUM_ARGS = [
 
 
 def require_chromium() -> None:
-    """In CI a missing browser fails the run; on a laptop without Chromium the browser tests are skipped."""
-    if os.path.exists(CHROMIUM):
-        return
-    message = f"Chromium not found at {CHROMIUM}: apt-get install -y chromium (or set JOBCAST_CHROMIUM)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    hint = "apt-get install -y chromium (or set JOBCAST_CHROMIUM)"
+    require_program(CHROMIUM, f"Chromium not found at {CHROMIUM}: {hint}")
 
 
 @contextlib.asynccontextmanager

@@ -25,6 +25,15 @@ from tests import agents as test_agents
 WAIT = 10.0 * float(os.environ.get("JOBCAST_TEST_WAIT_SCALE", "1"))
 
 
+def require_program(path: str, missing: str) -> None:
+    """A program the tests drive (Chromium, redis-server): in CI its absence fails the run, elsewhere it skips."""
+    if os.path.exists(path):
+        return
+    if os.environ.get("CI"):
+        pytest.fail(missing)
+    pytest.skip(missing)
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

@@ -15,22 +15,16 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 
-from tests.conftest import WAIT
+from tests.conftest import WAIT, require_program
 
 REDIS_SERVER = os.environ.get("JOBCAST_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 def require_redis_server() -> None:
-    """In CI a missing redis-server fails the run; on a laptop without it the Redis tests are skipped."""
-    if os.path.exists(REDIS_SERVER):
-        return
-    message = f"redis-server not found at {REDIS_SERVER}: apt-get install -y redis-server (or set JOBCAST_REDIS_SERVER)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    hint = "apt-get install -y redis-server (or set JOBCAST_REDIS_SERVER)"
+    require_program(REDIS_SERVER, f"redis-server not found at {REDIS_SERVER}: {hint}")
 
 
 class RedisServer:
