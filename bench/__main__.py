@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import raise_fd_limit
-from bench.procs import loadgen, running
+from bench.procs import loadgen, redis_server, running
 
 SERVERS = ("jobcast", "ceiling", "socketio")
 LABELS = {
@@ -68,6 +68,40 @@ def fanout(sizes: Sequence[int], runs: int, rounds: int, log: Callable[[str], No
             }
             rows.append(row)
             log(f"fan-out {kind:8} {size:>6}: p99 {fmt(row['p99_ms'])} ms, {row['kb_per_connection']:.1f} KB/conn")
+    return rows
+
+
+#: The scale-out layouts: where the subscribers are, and where the jobs start.
+LAYOUTS = (
+    ("memory", "one process, memory://"),
+    ("redis", "one process, redis://"),
+    ("redis-cross", "two processes on redis://: subscribers on A, jobs started on B"),
+)
+
+
+def scale_out(size: int, runs: int, rounds: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The fan-out scenario through Redis: what the shared store costs, and what crossing processes costs."""
+    rows: list[dict[str, Any]] = []
+    with redis_server() as redis_url:
+        if redis_url is None:
+            log("scale-out: skipped, redis-server is not installed")
+            return rows
+        for layout, _ in LAYOUTS:
+            store = "memory://" if layout == "memory" else f"{redis_url}?prefix=bench-{layout}"
+            with running("jobcast", store=store) as server, running("jobcast", store=store) as other:
+                fire_port = other.port if layout == "redis-cross" else server.port
+                config = {"mode": "fanout", "kind": "jobcast", "port": server.port, "fire_port": fire_port,
+                          "clients": size, "rounds": rounds}  # fmt: skip
+                with loadgen(config) as generator:
+                    results = [generator.run() for _ in range(runs)]
+            row = {
+                "layout": layout,
+                "clients": size,
+                "all_delivered": all(r["delivered"] == r["expected"] and r["out_of_order"] == 0 for r in results),
+                **summarise(results, ["p50_ms", "p99_ms", "max_ms", "msgs_per_s"]),
+            }
+            rows.append(row)
+            log(f"scale-out {layout:11} {size:>6}: p50 {fmt(row['p50_ms'])} ms, p99 {fmt(row['p99_ms'])} ms")
     return rows
 
 
@@ -179,6 +213,22 @@ def status_table(summary: dict[str, Any]) -> str:
     )
 
 
+def scale_out_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "Not measured: redis-server was not installed."
+    labels = dict(LAYOUTS)
+    lines = [
+        "| layout | subscribers | p50 ms | p99 ms | max ms | msgs/s delivered | every message, in order |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {labels[row['layout']]} | {row['clients']:,} | {fmt(row['p50_ms'])} | {fmt(row['p99_ms'])} | "
+            f"{fmt(row['max_ms'])} | {fmt(row['msgs_per_s'], 0)} | {'yes' if row['all_delivered'] else '**no**'} |"
+        )
+    return "\n".join(lines)
+
+
 def sweep_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| server | offered msgs/s (rate × subscribers) | delivered msgs/s | p99 ms |", "|---|---:|---:|---:|"]
     for row in rows:
@@ -274,6 +324,17 @@ connection. CPU is the server's user and system time per delivered message.
 
 {fanout_table(results["fanout"])}
 {plot}
+## Scale-out: the same fan-out through Redis
+
+{settings["scale_out_clients"]:,} subscribers on one project, the same rounds as above, with jobcast
+alone: on `memory://`; on a Redis store (a `redis-server` without persistence, started for
+the run on this machine); and as two processes on that Redis, the subscribers connected to
+one and the jobs started through the other, so every transition crosses processes. The
+first two rows differ by what the shared store costs, the last two by what crossing
+processes costs.
+
+{scale_out_table(results["scale_out"])}
+
 ## Push against polling
 
 {settings["watch_clients"]} WebSocket subscribers and {settings["watch_clients"]} old-style clients
@@ -351,6 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings: dict[str, Any] = {
         "runs": args.runs,
         "sizes": [20, 50] if args.smoke else [1000, 5000, 10000],
+        "scale_out_clients": 20 if args.smoke else 1000,
         "rounds": 2 if args.smoke else 5,
         "watch_clients": 5 if args.smoke else 100,
         "job_seconds": 0.3 if args.smoke else 2.0,
@@ -364,6 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = lambda line: print(f"[{time.monotonic() - started:6.1f}s] {line}", file=sys.stderr, flush=True)  # noqa: E731
     results: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
     results["fanout"] = fanout(settings["sizes"], args.runs, settings["rounds"], log)
+    results["scale_out"] = scale_out(settings["scale_out_clients"], args.runs, settings["rounds"], log)
     results["watch"] = watch(
         settings["watch_clients"], args.runs, settings["job_seconds"], settings["poll_period"], log
     )

@@ -220,7 +220,7 @@ async def fanout(config: dict[str, Any]) -> None:
             for round_index in range(rounds):
                 tally.target = 3 * (round_index + 1) * count
                 tally.reached = asyncio.Event()
-                await fire(kind, port, driver, http)
+                await fire(kind, config.get("fire_port", port), driver, http)
                 try:
                     await asyncio.wait_for(tally.reached.wait(), config.get("round_timeout", 30))
                 except TimeoutError:

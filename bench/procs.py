@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,11 +34,13 @@ class Server:
         return cpu_seconds(self.process.pid)
 
 
-def server_command(kind: str, port: int, workers: int = 8, demo_seconds: float = 2.0) -> list[str]:
+def server_command(
+    kind: str, port: int, workers: int = 8, demo_seconds: float = 2.0, store: str = "memory://"
+) -> list[str]:
     if kind == "jobcast":
         agents = ["bench.agents:Instant", "bench.agents:Busy", *PULSE_AGENTS]
         return [
-            sys.executable, "-m", "server", "serve", "--port", str(port), "--store", "memory://",
+            sys.executable, "-m", "server", "serve", "--port", str(port), "--store", store,
             "--log-level", "warning", "--threads", str(workers), "--demo-seconds", str(demo_seconds),
             "--send-buffer", "100000", "--max-connections-per-client", "1000000",
             *[arg for agent in agents for arg in ("--agent", agent)],
@@ -71,6 +74,27 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
             return
         time.sleep(0.05)
     raise RuntimeError(f"server on {port} did not start")
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str | None]:
+    """A throwaway redis-server on a free port (no persistence); None if redis-server is not installed."""
+    program = shutil.which("redis-server")
+    if program is None:
+        yield None
+        return
+    port = free_port()
+    process = subprocess.Popen(
+        [program, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, process)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(15)
 
 
 class LoadGen:

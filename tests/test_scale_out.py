@@ -115,6 +115,35 @@ async def test_subscribe_on_a_start_on_b_and_see_every_transition_and_progress(s
 
 
 @pytest.mark.anyio
+async def test_a_burst_of_subscribers_all_get_every_transition(store_url: str, tmp_path: Path) -> None:
+    """150 WebSockets opening at once (more than redis-py's default pool) each get a snapshot and every event."""
+    args = [*serve_args(store_url), "--max-connections-per-client", "1000"]
+    with jobcast_server(args, tmp_path / "a.log") as a:
+        sockets: list[ClientConnection] = []
+        openings: list[Message] = []
+
+        async def subscribe() -> None:
+            ws = await connect(f"ws://127.0.0.1:{a.port}/ws/projects/burst")
+            sockets.append(ws)
+            openings.append(json.loads(await ws.recv()))
+
+        try:
+            with anyio.fail_after(WAIT):
+                async with anyio.create_task_group() as tasks:
+                    for _ in range(150):
+                        tasks.start_soon(subscribe)
+            job_id = (await start(a, "burst", "financial"))["job"]["job_id"]
+            seen = [await until(ws, job_is("completed", job_id)) for ws in sockets]
+        finally:
+            for ws in sockets:
+                await ws.close()
+        log = a.log
+    assert {opening["type"] for opening in openings} == {"snapshot"}
+    assert all(transitions(messages) == [(1, "queued"), (2, "running"), (3, "completed")] for messages in seen)
+    assert "unavailable" not in log
+
+
+@pytest.mark.anyio
 async def test_racing_starts_on_both_processes_make_one_job(store_url: str, tmp_path: Path) -> None:
     """60 concurrent refreshes of one (project, agent), half on A and half on B: exactly one job is queued."""
     with two_servers(store_url, tmp_path) as (a, b):

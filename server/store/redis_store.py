@@ -47,6 +47,10 @@ _PROGRESS_KEEP = 64
 _BLOCK_MS = 1000
 _SOCKET_TIMEOUT = 5.0
 _CONNECT_TIMEOUT = 2.0
+#: Connections for commands, per process; more requests at once wait for one (up to the socket timeout).
+_COMMAND_CONNECTIONS = 32
+#: Connections for blocking reads: one per project with subscribers in this process.
+_READER_CONNECTIONS = 100_000
 #: Redis cannot take the command now, but may soon: unreachable, loading, out of memory,
 #: a read-only replica after a failover, no primary. Each is an outage, answered with 503.
 _UNAVAILABLE = (
@@ -210,15 +214,24 @@ class RedisStore(Store):
         self.epoch = ""
         #: names this process as a lease holder
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        # Typed as Any: redis-py's return types cover both decode modes; this client decodes.
-        self.client: Any = aioredis.Redis.from_url(
-            self.url,
-            decode_responses=True,
-            protocol=2,
-            socket_timeout=_SOCKET_TIMEOUT,
-            socket_connect_timeout=_CONNECT_TIMEOUT,
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "protocol": 2,
+            "socket_timeout": _SOCKET_TIMEOUT,
+            "socket_connect_timeout": _CONNECT_TIMEOUT,
             # Fail fast and say so: callers answer 503 and retry with their own backoff.
-            retry=Retry(NoBackoff(), 1),
+            "retry": Retry(NoBackoff(), 1),
+        }
+        # Commands share a bounded pool and wait their turn for a connection, so a burst of
+        # requests queues instead of failing. Blocking reads (one per project a channel
+        # follows) hold their connection for up to a second, so they get a pool of their own.
+        # Both typed Any: redis-py's return types cover both decode modes; these decode.
+        commands = aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=_COMMAND_CONNECTIONS, timeout=_SOCKET_TIMEOUT, **options
+        )
+        self.client: Any = aioredis.Redis.from_pool(commands)
+        self.readers: Any = aioredis.Redis.from_pool(
+            aioredis.ConnectionPool.from_url(self.url, max_connections=_READER_CONNECTIONS, **options)
         )
         self._scripts = {
             name: self.client.register_script(source)
@@ -246,6 +259,7 @@ class RedisStore(Store):
 
     async def close(self) -> None:
         await self.client.aclose()
+        await self.readers.aclose()
 
     async def _call(self, operation: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Run one Redis operation; a lost connection becomes StoreUnavailable (503), logged once."""
@@ -446,7 +460,7 @@ class RedisStore(Store):
         with anyio.move_on_after(timeout):
             while await self.last_seq(project_id) <= after:
                 await self._call(
-                    self.client.xread, {self._key("log", project_id): f"{after}-0"}, count=1, block=_BLOCK_MS
+                    self.readers.xread, {self._key("log", project_id): f"{after}-0"}, count=1, block=_BLOCK_MS
                 )
             return True
         return False
@@ -473,7 +487,7 @@ class _RedisFollower(Follower):
             self.progress_id = newest[0][0] if newest else "0-0"
         while store.epoch == self.epoch:  # a new epoch ends the channel; its caller sees store.epoch
             replies = await store._call(
-                store.client.xread,
+                store.readers.xread,
                 {self.log_key: f"{after}-0", self.progress_key: self.progress_id},
                 count=limit,
                 block=_BLOCK_MS,
