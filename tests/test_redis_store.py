@@ -218,3 +218,43 @@ async def test_a_missing_redis_py_is_a_clear_config_error(monkeypatch: pytest.Mo
     monkeypatch.delitem(sys.modules, "server.store.redis_store", raising=False)
     with pytest.raises(ConfigError, match=r"jobcast\[redis\]"):
         store_from_url("redis://127.0.0.1:6379/0")
+
+
+async def test_a_follower_returns_when_the_epoch_changes_under_it(redis_server: RedisServer) -> None:
+    """Redis came back empty between a channel's start and its first read: the follower returns, not waits forever."""
+    import redis
+
+    prefix = "test-follower-epoch"
+    async with opened(redis_server.url(prefix)) as store, opened(redis_server.url(prefix)) as other:
+        for index in range(5):
+            await store.create_job(Job.new("p", f"a{index}"))
+        epoch, cursor = store.epoch, await store.last_seq("p")
+        follower = store.follower("p")
+        admin = redis.Redis(port=redis_server.port)
+        try:
+            admin.delete(*admin.keys(f"{prefix}:*"))  # as if Redis restarted empty
+        finally:
+            admin.close()
+        await store.check_epoch()  # what a lease round or a reconnect does
+        await other.create_job(Job.new("p", "b"))  # seq 1 of the new log, below the old cursor
+        with anyio.fail_after(WAIT):
+            events, progress = await follower.next(cursor, 10)
+    assert store.epoch != epoch and (events, progress) == ([], [])
+
+
+async def test_redis_out_of_memory_is_an_outage_not_a_crash(own_redis: RedisServer) -> None:
+    """A Redis at its maxmemory refuses writes: that is StoreUnavailable (503), and writes work once it has room."""
+    import redis
+
+    admin = redis.Redis(port=own_redis.port)
+    try:
+        async with opened(own_redis.url("oom")) as store:
+            await store.create_job(Job.new("p", "x"))
+            admin.config_set("maxmemory", 1)
+            with pytest.raises(StoreUnavailable):
+                await store.create_job(Job.new("p", "y"))
+            admin.config_set("maxmemory", 0)
+            _, deduplicated = await store.create_job(Job.new("p", "y"))
+            assert not deduplicated
+    finally:
+        admin.close()
