@@ -258,3 +258,33 @@ async def test_redis_out_of_memory_is_an_outage_not_a_crash(own_redis: RedisServ
             assert not deduplicated
     finally:
         admin.close()
+
+
+async def test_another_processs_progress_is_kept_only_while_a_channel_follows_it(redis_server: RedisServer) -> None:
+    """The hub keeps remote progress for long-polls while it follows the project, and forgets it when it stops."""
+    from server.hub import Hub
+
+    url = redis_server.url()
+    async with opened(url) as here, opened(url) as elsewhere, anyio.create_task_group() as tasks:
+        hub = Hub(here, tasks, send_buffer=100)
+        job, _ = await elsewhere.create_job(Job.new("p", "x"))
+        running = (await elsewhere.update_job(job.transition(JobStatus.RUNNING), JobStatus.QUEUED)).job
+        update = ProgressUpdate(
+            project_id="p", agent="x", job_id=job.job_id, seq=2, started_at=1.0, percent=40, message="m"
+        )
+        async with hub.subscribe("p"):
+            await elsewhere.publish_progress(update)
+            with anyio.fail_after(WAIT):
+                while not hub.latest_progress("p"):  # noqa: ASYNC110 - the channel reader fills it in
+                    await anyio.sleep(0.01)
+        assert hub.latest_progress("p") == []  # nobody follows p here any more: nothing says when the job ends
+        async with hub.subscribe("p"):
+            await elsewhere.publish_progress(update)
+            with anyio.fail_after(WAIT):
+                while not hub.latest_progress("p"):  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            await elsewhere.update_job(running.transition(JobStatus.COMPLETED, result={}), JobStatus.RUNNING)
+            with anyio.fail_after(WAIT):
+                while hub.latest_progress("p"):  # noqa: ASYNC110 - the final event clears it
+                    await anyio.sleep(0.01)
+        tasks.cancel_scope.cancel()
