@@ -72,13 +72,20 @@ local function append(p, project, record, updated_at, maxlen)
 end
 """
 
-# ARGV: prefix, project, agent, job_id, record, created_at, updated_at, maxlen, owner, lease_ms
-_CREATE = (
+#: What every job write starts with: its arguments, and no write without an epoch (Redis came back empty).
+_WRITE = (
     _APPEND
     + """
 local p, project, agent, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local epoch = redis.call('HGET', p .. 'epoch', 'id')
 if not epoch then return {'noepoch'} end
+"""
+)
+
+# ARGV: prefix, project, agent, job_id, record, created_at, updated_at, maxlen, owner, lease_ms
+_CREATE = (
+    _WRITE
+    + """
 local active = redis.call('HGET', p .. 'active:' .. project, agent)
 if active then
   local record = redis.call('HGET', p .. 'job:' .. active, 'record')
@@ -96,11 +103,8 @@ return {'ok', append(p, project, ARGV[5], ARGV[7], ARGV[8]), epoch}
 
 # ARGV: prefix, project, agent, job_id, expected, status, record, updated_at, maxlen, final, result, cancel
 _UPDATE = (
-    _APPEND
+    _WRITE
     + """
-local p, project, agent, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local epoch = redis.call('HGET', p .. 'epoch', 'id')
-if not epoch then return {'noepoch'} end
 local key = p .. 'job:' .. id
 if redis.call('HGET', key, 'status') ~= ARGV[5] then return {'stale'} end
 redis.call('HSET', key, 'status', ARGV[6], 'record', ARGV[7])
