@@ -36,12 +36,8 @@ def create_app(
 ) -> Starlette:
     """Build the app. Agents and the store come from settings unless given (tests pass their own)."""
     settings = settings or Settings.from_env()
-    agents = agents if agents is not None else load_agents(settings.agents)
-    store = (
-        store
-        if store is not None
-        else store_from_url(settings.store, history=settings.history, lease_seconds=settings.lease_seconds)
-    )
+    agents = agents if agents is not None else load_agents(settings.agents, app_dir=settings.app_dir)
+    store = store if store is not None else store_for(settings)
     config = EngineConfig(
         threads=settings.threads,
         max_queued=settings.max_queued,
@@ -90,6 +86,10 @@ def create_app(
     )
     app.router.redirect_slashes = False  # a 404 in JSON beats a bodyless redirect
     return app
+
+
+def store_for(settings: Settings) -> Store:
+    return store_from_url(settings.store, history=settings.history, lease_seconds=settings.lease_seconds)
 
 
 async def _recover(engine: Engine) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import socket
@@ -32,12 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=client_cli.HELP,  # the client commands' exit codes
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"jobcast {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="start the server", description="Start the jobcast server.")
     build_serve_parser(serve)
     _add_token_command(commands)
     client_cli.add_commands(commands)  # watch, refresh, status, cancel
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("jobcast")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 def _add_token_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -91,20 +100,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(argv: Sequence[str]) -> int:
+    """Check everything, then own the store, then the port, and only then start the app and its recovery."""
     try:
         settings = Settings.from_args(argv)
-        from .app import create_app
-        from .workers import check_shareable, run_workers
+        from .app import create_app, store_for
+        from .workers import check_shareable, listen, run_workers
 
         check_shareable(settings)
         # Agents, the store URL and the auth settings are checked here, before any process starts.
-        app = create_app(settings)
+        store = store_for(settings)
+        app = create_app(settings, store=store)
+        store.claim(serving=f"http://{_host_port(settings.host, settings.port)}")
     except ConfigError as exc:
         print(f"jobcast: error: {exc}", file=sys.stderr)
         return 2
+    try:
+        listener = listen(settings)
+    except OSError as exc:
+        # Nothing in the store has been read or recovered yet, so a port clash changes nothing there.
+        address = _host_port(settings.host, settings.port)
+        print(f"jobcast: error: cannot listen on {address}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     if settings.workers > 1:
-        return run_workers(settings)  # each worker builds its own app from the same settings
-    return run_server(app, settings)
+        return run_workers(settings, listener)  # each worker builds its own app from the same settings
+    return run_server(app, settings, sockets=[listener])
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def mint_token(options: argparse.Namespace) -> int:
@@ -127,6 +150,9 @@ def run_server(app: object, settings: Settings, sockets: list[socket.socket] | N
     config = uvicorn_config(app, settings)
     if not settings.secret:
         _warn_open(settings)
+    if sockets:
+        host, port = sockets[0].getsockname()[:2]
+        logger.info("jobcast listening on http://%s (press CTRL+C to quit)", _host_port(host, port))
     graceful_server(config).run(sockets=sockets)
     _exit_despite_stuck_agents()
     return 0

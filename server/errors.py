@@ -20,6 +20,7 @@ The tree::
     ├── RateLimited              429 rate_limited, too many job starts (retry_after in seconds)
     └── TooManyConnections       429 too_many_connections, the client address holds its limit of streams
     ConfigError                  bad settings or agent spec; stops start-up, never reaches HTTP
+    └── StoreInUse               another process owns the SQLite file
     CloseCode                    the WebSocket close codes jobcast sends
 
 HTTP status codes are attached here, and mapped to responses in exactly one place,
@@ -124,6 +125,18 @@ class StaleJob(JobcastError):
 
 class ConfigError(Exception):
     """A setting or an agent spec is wrong; the message is one line for the operator."""
+
+
+class StoreInUse(ConfigError):
+    """Another process holds the embedded store's file; a second owner would fail its jobs."""
+
+    def __init__(self, path: str, owner: str) -> None:
+        super().__init__(
+            f"the SQLite store {path} is in use by {owner}. A SQLite store has one owner: stop that process, "
+            "or run several processes on one port with --workers N and a redis:// store (docs/scaling.md)"
+        )
+        self.path = path
+        self.owner = owner
 
 
 class Unauthorized(JobcastError):

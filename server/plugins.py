@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -12,8 +14,14 @@ from agents import Agent
 from .errors import ConfigError
 
 
-def load_agents(specs: Iterable[str]) -> Mapping[str, Agent]:
-    """Agents by name, in spec order; a bad spec raises one line naming it and why."""
+def load_agents(specs: Iterable[str], *, app_dir: str | None = None) -> Mapping[str, Agent]:
+    """Agents by name, in spec order; a bad spec raises one line naming it and why.
+
+    Modules are looked up in ``app_dir`` first, as uvicorn's ``--app-dir`` does, so
+    ``jobcast serve --agent myplugin:MyAgent`` finds ``./myplugin.py``.
+    """
+    if app_dir is not None:
+        _import_from(app_dir)
     loaded: dict[str, Agent] = {}
     for spec in specs:
         agent = load_agent(spec)
@@ -23,6 +31,14 @@ def load_agents(specs: Iterable[str]) -> Mapping[str, Agent]:
     if not loaded:
         raise ConfigError("no agents configured")
     return loaded
+
+
+def _import_from(app_dir: str) -> None:
+    folder = os.path.abspath(app_dir)
+    if not os.path.isdir(folder):
+        raise ConfigError(f"--app-dir {app_dir!r}: no such folder")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # the one place jobcast changes the import path
 
 
 def load_agent(spec: str) -> Agent:

@@ -108,6 +108,7 @@ _OPTIONS = (
     _Option("ws_messages_per_second", _positive_int, "messages a WebSocket client may send per second"),
     _Option("max_queued", _positive_int, "queued jobs this process holds before refusing with queue_full"),
     _Option("ws_compression", _boolean, "offer permessage-deflate on WebSockets", flag=True),
+    _Option("app_dir", str, "folder that --agent modules are imported from, before installed packages"),
 )
 
 
@@ -138,6 +139,7 @@ class Settings:
     ws_messages_per_second: int = 20
     max_queued: int = 100
     ws_compression: bool = False
+    app_dir: str = "."
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

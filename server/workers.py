@@ -45,11 +45,10 @@ def check_shareable(settings: Settings) -> None:
         )
 
 
-def run_workers(settings: Settings) -> int:
-    """Bind, start the children, and supervise them until a signal ends the server."""
+def run_workers(settings: Settings, listener: socket.socket) -> int:
+    """Start the children on ``listener`` and supervise them until a signal ends the server."""
     check_shareable(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
-    listener = _bind(settings)
     stopping = threading.Event()
     children = [_start_child(settings, listener) for _ in range(settings.workers)]
     logger.info("jobcast: %d worker processes on http://%s:%d", len(children), settings.host, listener.getsockname()[1])
@@ -82,7 +81,8 @@ def run_workers(settings: Settings) -> int:
     return 1 if quick_exits >= _QUICK_EXITS_ALLOWED else 0
 
 
-def _bind(settings: Settings) -> socket.socket:
+def listen(settings: Settings) -> socket.socket:
+    """Bind and listen, before the app starts: a port clash must be found before the store is touched."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -37,7 +37,12 @@ def jobcast_command() -> list[str]:
 
 class JobcastServer:
     def __init__(
-        self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None, port: int | None = None
+        self,
+        args: Sequence[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -49,6 +54,7 @@ class JobcastServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=environ,
+            cwd=cwd,
         )
 
     @property
@@ -89,9 +95,13 @@ class JobcastServer:
 
 @contextlib.contextmanager
 def jobcast_server(
-    args: Sequence[str], log_path: Path, env: dict[str, str] | None = None, port: int | None = None
+    args: Sequence[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[JobcastServer]:
-    server = JobcastServer(args, log_path, env, port)
+    server = JobcastServer(args, log_path, env, port, cwd)
     try:
         server.wait_ready()
         yield server

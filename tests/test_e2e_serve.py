@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,7 +17,7 @@ import httpx
 
 from agents.builtin import financial_figures
 from tests.conftest import WAIT
-from tests.servers import free_port, jobcast_command, jobcast_server
+from tests.servers import JobcastServer, free_port, jobcast_command, jobcast_server
 
 AGENTS = ["--agent", "agents.builtin:FinancialAgent", "--agent", "tests.agents:GatedAgent"]
 
@@ -147,3 +150,113 @@ def test_sigterm_ends_open_streams_and_long_polls_cleanly(tmp_path: Path) -> Non
         assert replies == [200] and stream_ended.is_set()
     log = (tmp_path / "server.log").read_text()
     assert "Traceback" not in log and "timeout graceful shutdown exceeded" not in log
+
+
+GATED = ["--agent", "tests.agents:FileGatedAgent"]
+
+
+def _serve_once(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """A ``jobcast serve`` expected to refuse at start: it must exit by itself."""
+    return subprocess.run([*jobcast_command(), "serve", *args], capture_output=True, text=True, timeout=WAIT)
+
+
+def _stored_status(db: Path, job_id: str) -> str:
+    """Read the job's status straight from the file, as no jobcast process would."""
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        row = connection.execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    return str(row[0])
+
+
+def test_a_second_server_on_the_same_sqlite_file_refuses_and_changes_nothing(tmp_path: Path) -> None:
+    """A second jobcast serve on the file, on any port, exits 2 with one line naming the owner; the job finishes."""
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    env = {"JOBCAST_TEST_GATES": str(gates)}
+    store = ["--store", f"sqlite:///{tmp_path / 'jobcast.db'}", *GATED]
+    with jobcast_server(store, tmp_path / "first.log", env=env) as first:
+        job = httpx.post(f"{first.url}/api/projects/acme/agents/filegated/refresh").json()["job"]
+        poll_until(f"{first.url}/api/jobs/{job['job_id']}", "status", {"running"})
+
+        for port in (first.port, free_port()):
+            second = _serve_once(["--port", str(port), *store])
+            assert second.returncode == 2, second.stderr
+            [line] = second.stderr.strip().splitlines()
+            assert f"in use by jobcast process {first.process.pid}" in line and f"serving {first.url}" in line
+            assert "--workers" in line and "redis://" in line
+        assert _stored_status(tmp_path / "jobcast.db", job["job_id"]) == "running"
+
+        (gates / "acme").touch()
+        done = poll_until(f"{first.url}/api/jobs/{job['job_id']}", "status", {"completed", "failed"})
+        assert done["status"] == "completed" and done["result"] == {"project": "acme", "opened": True}
+    assert "discarding" not in first.log
+
+
+def test_a_port_clash_is_found_before_the_store_is_touched(tmp_path: Path) -> None:
+    """A server whose port is taken exits 1 with one line, and does not recover a crashed server's jobs."""
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    store = ["--store", f"sqlite:///{tmp_path / 'crashed.db'}", *GATED]
+    crashed = JobcastServer(store, tmp_path / "crashed.log", env={"JOBCAST_TEST_GATES": str(gates)})
+    try:
+        crashed.wait_ready()
+        job = httpx.post(f"{crashed.url}/api/projects/acme/agents/filegated/refresh").json()["job"]
+        poll_until(f"{crashed.url}/api/jobs/{job['job_id']}", "status", {"running"})
+    finally:
+        crashed.kill()
+
+    with jobcast_server(["--store", "memory://"], tmp_path / "holder.log") as holder:
+        clash = _serve_once(["--port", str(holder.port), *store])
+    assert clash.returncode == 1, clash.stderr
+    [line] = clash.stderr.strip().splitlines()
+    assert line == f"jobcast: error: cannot listen on 127.0.0.1:{holder.port}: Address already in use"
+    assert _stored_status(tmp_path / "crashed.db", job["job_id"]) == "running"  # left for the next real start
+
+
+def test_an_unusable_database_path_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """A database in a folder that cannot be made stops start-up with one line naming the path."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    result = _serve_once(["--port", str(free_port()), "--store", f"sqlite:///{blocker / 'jobs.db'}"])
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"jobcast: error: cannot open the SQLite store at {blocker / 'jobs.db'}")
+
+
+PLUGIN = """
+class MyAgent:
+    name = "mine"
+
+    def refresh(self, project_id, ctx):
+        return {"from": "the current folder"}
+"""
+
+
+def test_agent_modules_load_from_the_current_folder(tmp_path: Path) -> None:
+    """jobcast serve --agent myplugin:MyAgent, run beside myplugin.py, loads it without PYTHONPATH."""
+    (tmp_path / "myplugin.py").write_text(PLUGIN)
+    env = {"PYTHONPATH": ""}
+    args = ["--store", "memory://", "--agent", "myplugin:MyAgent"]
+    with jobcast_server(args, tmp_path / "server.log", env=env, cwd=tmp_path) as server:
+        assert [a["name"] for a in httpx.get(f"{server.url}/api/agents").json()["agents"]] == ["mine"]
+
+
+def test_app_dir_points_agent_imports_elsewhere(tmp_path: Path) -> None:
+    """--app-dir names the folder agent modules come from; a missing folder is one line at start."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "myplugin.py").write_text(PLUGIN)
+    args = ["--store", "memory://", "--agent", "myplugin:MyAgent", "--app-dir", str(plugins)]
+    with jobcast_server(args, tmp_path / "server.log", env={"PYTHONPATH": ""}) as server:
+        assert [a["name"] for a in httpx.get(f"{server.url}/api/agents").json()["agents"]] == ["mine"]
+    missing = _serve_once(["--port", str(free_port()), "--app-dir", str(tmp_path / "nowhere")])
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        f"jobcast: error: --app-dir {str(tmp_path / 'nowhere')!r}: no such folder"
+    ]
+
+
+def test_version_prints_the_installed_version() -> None:
+    """jobcast --version prints the package's version and exits 0."""
+    result = subprocess.run([*jobcast_command(), "--version"], capture_output=True, text=True, timeout=WAIT)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"jobcast {importlib.metadata.version('jobcast')}"

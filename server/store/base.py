@@ -34,6 +34,14 @@ class Store(abc.ABC):
     def __init__(self) -> None:
         self._feed = ChangeFeed()
 
+    def claim(self, serving: str | None = None) -> None:
+        """Take the store for this process before it serves (``jobcast serve`` calls it first).
+
+        An embedded store refuses a second process here, before anything is written;
+        ``serving`` (the address) is what that process is told about the owner.
+        Raises :class:`~server.errors.ConfigError`. Shared stores need no claim.
+        """
+
     async def open(self) -> None:
         """Connect and prepare; called once by the app's lifespan."""
 

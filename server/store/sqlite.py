@@ -2,13 +2,17 @@
 
 One connection, used from one worker thread at a time (a limiter of 1), so the event
 loop never waits on disk and writes are serialised. A partial unique index makes
-"one active job per (project, agent)" a fact the database enforces.
+"one active job per (project, agent)" a fact the database enforces. One process owns
+the file (:mod:`.owner`): a second one is refused before it writes anything.
+
+Errors name the file in the server log only; clients are told what failed, not where.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -18,9 +22,12 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from ..errors import StaleJob, StoreUnavailable
+from ..errors import ConfigError, StaleJob, StoreUnavailable
 from ..jobs import Event, Job, JobStatus, LastResult, Progress
 from .base import ProjectState, Store
+from .owner import OwnerLock
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -83,6 +90,15 @@ class SQLiteStore(Store):
         self.path = path
         self._db: sqlite3.Connection | None = None
         self._limiter = anyio.CapacityLimiter(1)
+        self._owner = OwnerLock(path)
+        self._failing = False
+
+    def claim(self, serving: str | None = None) -> None:
+        """Own and open the file before the server starts, so a failure is one line, not a traceback."""
+        try:
+            self._open(serving)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"cannot open the SQLite store at {self.path}: {exc}") from None
 
     async def open(self) -> None:
         await self._run(self._open)
@@ -91,37 +107,50 @@ class SQLiteStore(Store):
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None
+        self._owner.release()
 
-    def _open(self) -> None:
+    def _open(self, serving: str | None = None) -> None:
+        if self._db is not None:
+            return  # claimed already
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
-        with self._transaction() as db:
-            row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
-            if row is None:
-                row = (uuid.uuid4().hex[:12],)
-                db.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", row)
-        self.epoch = row[0]
+        self._owner.acquire(serving)  # before the first write: a second process must change nothing
+        try:
+            self._db = self._connect()
+        except BaseException:
+            self._owner.release()
+            raise
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(_SCHEMA)
+            self.epoch = _ensure_epoch(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         try:
-            return await anyio.to_thread.run_sync(function, *args, limiter=self._limiter)
+            result = await anyio.to_thread.run_sync(function, *args, limiter=self._limiter)
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"the SQLite store at {self.path} failed: {exc}") from exc
+            # The path stays in the log: clients learn what failed, never where the file lives.
+            if not self._failing:
+                logger.warning("the SQLite store at %s failed: %s", self.path, exc)
+            self._failing = True
+            raise StoreUnavailable(f"the store failed ({exc}); try again shortly") from exc
+        if self._failing:
+            self._failing = False
+            logger.warning("the SQLite store at %s works again", self.path)
+        return result
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(self._connection()) as db:
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
@@ -265,6 +294,33 @@ class SQLiteStore(Store):
 
     async def _rows(self, query: str, *params: Any) -> list[Any]:
         return await self._run(lambda: self._connection().execute(query, params).fetchall())
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    _roll_back(db)  # a transaction a failed write left open (a full disk) must not block every later one
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        _roll_back(db)
+        raise
+
+
+def _roll_back(db: sqlite3.Connection) -> None:
+    if db.in_transaction:  # SQLite may have rolled back by itself (SQLITE_FULL)
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+
+
+def _ensure_epoch(db: sqlite3.Connection) -> str:
+    with _transaction(db):
+        row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        if row is None:
+            row = (uuid.uuid4().hex[:12],)
+            db.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", row)
+    return str(row[0])
 
 
 def _record(job: Job) -> str:
