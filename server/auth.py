@@ -40,7 +40,7 @@ MAX_TTL_SECONDS = 366 * 24 * 3600.0
 _VERSION = "jc1"
 _MAX_TOKEN_LENGTH = 4096
 _SHAPE = re.compile(r"jc1\.([A-Za-z0-9_-]{1,4000})\.([A-Za-z0-9_-]{43})")
-_TTL = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_TTL = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd]?)")  # ASCII digits: \d would take "١"
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from .validation import whole_number
+
 
 @dataclasses.dataclass(frozen=True)
 class Cursor:
@@ -32,9 +34,10 @@ class Snapshot:
 
 def parse_cursor(epoch: str | None, after: str | None) -> Cursor | None:
     """A cursor from query parameters; None when absent or malformed."""
-    if not epoch or after is None or len(epoch) > 64 or not after.isdigit() or len(after) > 18:
+    seq = None if after is None else whole_number(after)
+    if not epoch or seq is None or len(epoch) > 64:
         return None
-    return Cursor(epoch=epoch, after=int(after))
+    return Cursor(epoch=epoch, after=seq)
 
 
 def parse_last_event_id(value: str | None) -> Cursor | None:

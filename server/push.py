@@ -122,7 +122,7 @@ def client_reply(text: str) -> dict[str, Any]:
     """The answer to one client text message. Pure, so every case is easy to test."""
     try:
         message = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes ("[" * 60000)
         return _client_error("bad_json", "messages must be JSON objects")
     if not isinstance(message, dict):
         return _client_error("bad_message", "messages must be JSON objects")

@@ -13,36 +13,48 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .errors import ConfigError
+from .validation import decimal_number, whole_number
 
 DEFAULT_AGENTS = ("agents.builtin:FinancialAgent", "agents.builtin:PerformanceAgent")
 
 
+def _int(text: str) -> int:
+    value = whole_number(text.strip())
+    if value is None:
+        raise ValueError("must be a whole number (digits 0-9)")
+    return value
+
+
+def _float(text: str) -> float:
+    value = decimal_number(text.strip())
+    if value is None:
+        raise ValueError("must be a number like 2 or 0.5 (digits 0-9)")
+    return value
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value < 1:
         raise ValueError("must be at least 1")
     return value
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if not 0 <= value <= 65535:
         raise ValueError("must be between 0 and 65535")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = _float(text)
     if not value > 0:
         raise ValueError("must be greater than 0")
     return value
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise ValueError("must be 0 or more")
-    return value
+    return _float(text)  # no sign is accepted, so never below 0
 
 
 def _boolean(text: str) -> bool:

@@ -93,6 +93,8 @@ async def test_legacy_routes_keep_the_old_contract(make_app: MakeApp) -> None:
         ("GET", "/api/projects/p1/jobs?limit=0", 400, "invalid_limit"),
         ("GET", "/api/projects/p1/jobs?limit=abc", 400, "invalid_limit"),
         ("GET", "/api/projects/p1/jobs?limit=1_0", 400, "invalid_limit"),
+        ("GET", "/api/projects/p1/jobs?limit=²", 400, "invalid_limit"),
+        ("GET", "/api/projects/p1/jobs?limit=١٠", 400, "invalid_limit"),
         ("GET", "/api/projects/p1/jobs?agent=nobody", 404, "unknown_agent"),
         ("POST", "/api/projects/p1/agents/quick/cancel", 409, "nothing_to_cancel"),
         ("GET", "/api/projects/p1/agents/quick/refresh", 405, "method_not_allowed"),

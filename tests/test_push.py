@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -48,7 +49,8 @@ async def wait_final(live: Live, job_id: str) -> None:
 
 
 async def sse_messages(live: Live, project_id: str, last_event_id: str | None) -> AsyncIterator[dict[str, Any]]:
-    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    # Bytes: httpx would refuse to send a non-ASCII cursor as text, and a client may send one.
+    headers = {"Last-Event-ID": last_event_id.encode()} if last_event_id else {}
     async with live.http.stream("GET", f"/api/projects/{project_id}/events/stream", headers=headers) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         async for line in response.aiter_lines():
@@ -85,7 +87,7 @@ async def opening_over(transport: str, live: Live, project_id: str, epoch: str, 
 
 
 def int_or(text: str) -> int | None:
-    return int(text) if text.isdigit() else None
+    return int(text) if re.fullmatch("[0-9]+", text) else None
 
 
 @pytest.mark.parametrize("transport", ["ws", "sse", "poll"])
@@ -98,6 +100,7 @@ def int_or(text: str) -> int | None:
         ("a future seq", "50", True, None),
         ("the wrong epoch", "7", False, None),
         ("a malformed cursor", "x7", True, None),
+        ("a superscript digit", "²", True, None),
     ],
 )
 async def test_the_recovery_table(
@@ -255,7 +258,7 @@ async def test_long_poll_waits_for_the_next_event() -> None:
         GatedAgent.gate.set()
 
 
-@pytest.mark.parametrize("wait", ["31", "-1", "soon"])
+@pytest.mark.parametrize("wait", ["31", "-1", "soon", "²", "١"])
 async def test_long_poll_rejects_a_bad_wait(wait: str) -> None:
     """wait must be a whole number of seconds from 0 to 30."""
     async with live_server() as live:
@@ -352,6 +355,7 @@ async def test_a_client_leaving_mid_job_leaves_no_trace(caplog: pytest.LogCaptur
         ("[]", "bad_message"),
         ('{"no": "type"}', "missing_type"),
         ('{"type": "x"}', "unknown_type"),
+        ("[" * 60_000, "bad_json"),  # deeper than the JSON parser's recursion limit, yet under 64 KiB
     ],
 )
 async def test_bad_client_messages_get_an_error_and_the_socket_stays_open(text: str, code: str) -> None:

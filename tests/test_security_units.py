@@ -104,7 +104,7 @@ def test_bearer_and_subprotocol_parsing() -> None:
 
 def test_ttl_and_rights_parsing() -> None:
     assert [parse_ttl(t) for t in ("90", "90s", "30m", "1h", "7d", "1.5h")] == [90, 90, 1800, 3600, 604800, 5400]
-    for bad in ("0", "-1h", "1w", "", "400d", "nan"):
+    for bad in ("0", "-1h", "1w", "", "400d", "nan", "١h", "²"):
         with pytest.raises(ValueError):
             parse_ttl(bad)
     assert parse_rights("run, read") == ("read", "run")

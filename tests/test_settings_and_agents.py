@@ -51,7 +51,16 @@ def test_variables_fill_in_and_options_win() -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("JOBCAST_WORKERS", "0"), ("JOBCAST_PORT", "http"), ("JOBCAST_JOB_TIMEOUT", "-1"), ("JOBCAST_LOG_LEVEL", "loud")],
+    [
+        ("JOBCAST_WORKERS", "0"),
+        ("JOBCAST_PORT", "http"),
+        ("JOBCAST_JOB_TIMEOUT", "-1"),
+        ("JOBCAST_LOG_LEVEL", "loud"),
+        ("JOBCAST_THREADS", "²"),  # str.isdigit() says yes, int() says no
+        ("JOBCAST_THREADS", "١"),  # int() would read it as 1
+        ("JOBCAST_JOB_TIMEOUT", "١٠"),
+        ("JOBCAST_JOB_TIMEOUT", "inf"),
+    ],
 )
 def test_a_bad_variable_names_itself(name: str, value: str) -> None:
     """A variable that does not parse raises ConfigError naming the variable and the value."""
