@@ -1,7 +1,7 @@
 """Log hygiene: no token or secret in any line, uvicorn's access log included; one line per refusal.
 
 jobcast reads tokens only from headers. But a client may put one in a URL by mistake,
-and uvicorn logs URLs with their query strings; and at ``--log-level debug`` the
+percent-encoded or not, and uvicorn logs URLs with their query strings; and at ``--log-level debug`` the
 websockets library logs every handshake header, ``Authorization`` and
 ``Sec-WebSocket-Protocol`` included. So every handler's records pass through
 :class:`Redactor`, which blanks token-shaped strings, bearer values, authorization
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import urllib.parse
 from collections.abc import Iterable
 
 REDACTED = "[redacted]"
@@ -37,6 +38,8 @@ _PATTERNS = (
         rf"\g<1>{REDACTED}",
     ),
 )
+#: a run of URL-ish text with a percent-escape in it: a client may encode a token to slip it past the patterns
+_ENCODED = re.compile(r"[^\s\"'<>]*%[0-9A-Fa-f]{2}[^\s\"'<>]*")
 #: the loggers whose handlers get the filter (the root's handlers carry jobcast's own lines)
 LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access")
 
@@ -49,9 +52,19 @@ class Redactor(logging.Filter):
         self._secret = secret or None
 
     def redact(self, text: str) -> str:
+        text = _ENCODED.sub(lambda run: self._redact_encoded(run[0]), text)
+        return self._redact_plain(text)
+
+    def _redact_plain(self, text: str) -> str:
         for pattern, replacement in _PATTERNS:
             text = pattern.sub(replacement, text)
         return text.replace(self._secret, REDACTED) if self._secret else text
+
+    def _redact_encoded(self, run: str) -> str:
+        """A percent-encoded run (``?x=jc1%2E...``) is checked decoded, twice decoded included; kept if clean."""
+        decoded = urllib.parse.unquote(urllib.parse.unquote(run))
+        redacted = self._redact_plain(decoded)
+        return run if redacted == decoded else redacted
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == "uvicorn.access" and isinstance(record.args, tuple):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import urllib.parse
 
 import pytest
 
@@ -152,8 +153,13 @@ def test_the_redactor_blanks_tokens_headers_credentials_and_the_secret() -> None
         ("< %s: %s", ("sec-websocket-protocol", "jobcast, jobcast.bearer.opaque-value")),
         ("secret is %s", (SECRET,)),
         ("%s", ("/x?access_token=opaque-value&after=3",)),
+        ("%s", ("/x?foo=jc1%2Eopaque-value%2Eopaque-value",)),
+        ("%s", ("/x?foo=jc1%252Eopaque-value%252Eopaque-value",)),  # encoded twice
+        ("%s", ("/x?foo=" + "".join(f"%{byte:02X}" for byte in b"jc1.opaque-value.opaque-value"),)),
+        ("%s", ("/x?s=" + SECRET.replace("-", "%2D").replace("a", "%61"),)),
     ]:
         record = logging.LogRecord("uvicorn.error", 10, "", 0, msg, args, None)
         redactor.filter(record)
         text = record.getMessage()
         assert "opaque-value" not in text and SECRET not in text and "[redacted]" in text, text
+        assert "opaque-value" not in urllib.parse.unquote(urllib.parse.unquote(text)), text
