@@ -11,9 +11,10 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -29,6 +30,8 @@ from .plugins import agent_timeout
 from .store import Store
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: At most this many progress events (and store writes) per second per job.
 PROGRESS_WRITES_PER_SECOND = 10
@@ -116,6 +119,8 @@ class Engine:
         self._runs: dict[str, _Run] = {}
         #: jobs this process accepted and has not finished, queued or running; it holds their leases
         self._owned: set[str] = set()
+        #: set at shutdown: writes waiting for the store stop waiting
+        self._stopping = anyio.Event()
 
     # -- what the API calls ----------------------------------------------------
 
@@ -230,6 +235,7 @@ class Engine:
 
     async def shutdown(self) -> None:
         """Stop taking work: tell running agents to stop and fail what cannot finish now."""
+        self._stopping.set()
         for run in self._runs.values():
             run.ctx.cancel()
         try:
@@ -238,7 +244,12 @@ class Engine:
                 if job is not None and job.status.is_active:
                     await self._interrupt(job, "the server shut down before the job finished")
         except StoreUnavailable:
-            logger.warning("the store is unavailable at shutdown; this process's jobs end when their leases expire")
+            logger.warning("the store is unavailable at shutdown; %s", self._who_ends_unsaved_jobs())
+
+    def _who_ends_unsaved_jobs(self) -> str:
+        if self.store.shared:
+            return "another process ends this process's jobs as interrupted once their leases expire"
+        return "this process's unfinished jobs are marked interrupted when jobcast next starts"
 
     async def _interrupt(self, job: Job, reason: str) -> bool:
         failed = job.transition(JobStatus.FAILED, error=JobError(code="interrupted", message=reason))
@@ -256,7 +267,11 @@ class Engine:
             await self._run(job, agent)
         except StoreUnavailable:
             logger.warning(
-                "job %s of %s/%s lost its store; its lease will expire", job.job_id, job.project_id, job.agent
+                "job %s of %s/%s could not be saved: %s",
+                job.job_id,
+                job.project_id,
+                job.agent,
+                self._who_ends_unsaved_jobs(),
             )
         except Exception:
             logger.exception("job %s of %s/%s crashed in the engine", job.job_id, job.project_id, job.agent)
@@ -281,9 +296,19 @@ class Engine:
 
     async def _begin(self, job: Job) -> Event | None:
         try:
-            return await self.store.update_job(job.transition(JobStatus.RUNNING), JobStatus.QUEUED)
+            return await self._until_saved(self.store.update_job, job.transition(JobStatus.RUNNING), JobStatus.QUEUED)
         except StaleJob:
             return None  # cancelled while it waited for a slot
+
+    async def _until_saved(self, write: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """A write the job cannot go on without, retried while the store is down (a full disk, Redis away).
+
+        With a shared store this gives up after a lease, when another process may end the
+        job anyway. An embedded store has no one else to end it, so the write waits for
+        the store to recover (the job keeps its slot meanwhile), until shutdown.
+        """
+        give_up = self.store.lease_seconds if self.store.shared else math.inf
+        return await retry_while_unavailable(write, *args, give_up=give_up, stop=self._stopping)
 
     def _context(self, job: Job) -> RunContext:
         return RunContext(
@@ -330,20 +355,18 @@ class Engine:
         run.final = True
         self._sink.job_ended(run.job.project_id, run.job.job_id)
         with anyio.CancelScope(shield=True):
-            await retry_while_unavailable(
-                self._write_final, run, status, result, error, give_up=self.store.lease_seconds
-            )
+            await self._until_saved(self._write_final, run, status, result, error)
 
     async def _write_final(
         self, run: _Run, status: JobStatus, result: dict[str, Any] | None, error: JobError | None
     ) -> None:
         current = await self.store.get_job(run.job.job_id)
-        if current is None or current.status is not JobStatus.RUNNING:
+        if current is None:
+            logger.warning("job %s is gone from the store; discarding its %s outcome", run.job.job_id, status.value)
+            return
+        if current.status is not JobStatus.RUNNING:
             logger.info(
-                "job %s is already %s; discarding its %s outcome",
-                run.job.job_id,
-                current and current.status.value,
-                status.value,
+                "job %s is already %s; discarding its %s outcome", run.job.job_id, current.status.value, status.value
             )
             return
         final = current.with_progress(run.progress).transition(status, result=result, error=error)
@@ -391,10 +414,12 @@ class Engine:
             await anyio.sleep(1 / PROGRESS_WRITES_PER_SECOND)
 
 
-async def retry_while_unavailable(function: Callable[..., Awaitable[None]], *args: Any, give_up: float) -> None:
-    """Call ``function`` until the store answers, backing off, for at most ``give_up`` seconds.
+async def retry_while_unavailable(
+    function: Callable[..., Awaitable[T]], *args: Any, give_up: float, stop: anyio.Event | None = None
+) -> T:
+    """Call ``function`` until the store answers, backing off up to 2 s, for at most ``give_up`` seconds.
 
-    A finished job waits about as long as its lease: after that another process may end it anyway.
+    Raises the last StoreUnavailable once ``give_up`` has passed or ``stop`` is set.
     """
     delay = 0.1
     deadline = anyio.current_time() + give_up
@@ -402,9 +427,10 @@ async def retry_while_unavailable(function: Callable[..., Awaitable[None]], *arg
         try:
             return await function(*args)
         except StoreUnavailable:
-            if anyio.current_time() + delay > deadline:
+            if anyio.current_time() + delay > deadline or (stop is not None and stop.is_set()):
                 raise
-            await anyio.sleep(delay * random.uniform(0.5, 1.0))
+            with anyio.move_on_after(delay * random.uniform(0.5, 1.0)):
+                await (stop or anyio.Event()).wait()
             delay = min(delay * 2, 2.0)
 
 
