@@ -27,7 +27,13 @@ async def project(request: Request) -> FileResponse:
     return FileResponse(WEB / "project.html", headers={"cache-control": "no-cache"})
 
 
+async def favicon(request: Request) -> FileResponse:
+    """Browsers ask for /favicon.ico on every page; an SVG answers it (all current browsers draw one)."""
+    return FileResponse(WEB / "favicon.svg", media_type="image/svg+xml", headers={"cache-control": "max-age=86400"})
+
+
 ROUTES = [
+    Route("/favicon.ico", favicon, methods=["GET"]),
     Route("/", home, methods=["GET"]),
     Route("/projects/{project_id}", project, methods=["GET"]),
     Mount("/static", StaticFiles(directory=WEB / "static"), name="static"),
