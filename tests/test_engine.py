@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -186,3 +187,25 @@ async def test_shutdown_fails_running_jobs_as_interrupted(make_app: MakeApp) -> 
     final = await store.get_job(job["job_id"])
     assert final is not None and final.status.value == "failed"
     assert final.error is not None and final.error.code == "interrupted"
+
+
+async def test_an_outcome_for_a_job_the_store_lost_is_logged_plainly(
+    make_app: MakeApp, redis_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis flushed under a running job: its outcome is discarded with a line that says the job is gone."""
+    import redis
+
+    prefix = f"lost-{uuid.uuid4().hex[:8]}"
+    async with make_app(store=redis_server.url(prefix)) as app:
+        job = (await app.http.post("/api/projects/p1/agents/gated/refresh")).json()["job"]
+        await gate_started()
+        with redis.Redis.from_url(redis_server.base_url) as direct:
+            direct.delete(*direct.keys(f"{prefix}:*"))  # as if Redis came back empty, for this test's keys only
+        with caplog.at_level(logging.INFO, logger="server.engine"):
+            GatedAgent.gate.set()
+            with anyio.fail_after(WAIT):
+                while app.engine.busy_threads:  # noqa: ASYNC110 - a counter, released once the outcome is handled
+                    await anyio.sleep(0.01)
+    lines = [record.getMessage() for record in caplog.records if record.name == "server.engine"]
+    assert f"job {job['job_id']} is gone from the store; discarding its completed outcome" in lines
+    assert not any("already None" in line for line in lines)
