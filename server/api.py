@@ -1,7 +1,7 @@
-"""The JSON API under /api, and /healthz.
+"""The JSON API under /api, /healthz (liveness) and /readyz (readiness).
 
 Every /api route checks the request's token first (see :mod:`server.access`); /healthz
-stays open: it tells load, never project data.
+and /readyz stay open: they tell load and health, never project data.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -16,7 +17,7 @@ from starlette.routing import Route
 from . import access, validation
 from .auth import Grant
 from .engine import Engine
-from .errors import JobNotFound
+from .errors import JobNotFound, StoreUnavailable
 from .jobs import Job
 from .views import agents_view, project_view
 
@@ -125,8 +126,32 @@ async def healthz(request: Request) -> JSONResponse:
     )
 
 
+#: /readyz answers within this even if the store does not (a frozen Redis).
+READY_TIMEOUT = 2.0
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness, for a load balancer: 503 while the store is unreachable or the process is draining."""
+    engine = engine_of(request)
+    if request.state.hub.closing.is_set():
+        return _not_ready("draining", "draining", "the server is shutting down; send new requests elsewhere")
+    try:
+        with anyio.fail_after(READY_TIMEOUT):
+            await engine.store.ping()
+    except TimeoutError:
+        return _not_ready("unavailable", "store_unavailable", f"the store did not answer within {READY_TIMEOUT:g} s")
+    except StoreUnavailable as exc:
+        return _not_ready("unavailable", exc.code, exc.message)
+    return JSONResponse({"status": "ready", "store": engine.store.kind})
+
+
+def _not_ready(status: str, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"status": status, "error": {"code": code, "message": message}}, status_code=503)
+
+
 ROUTES = [
     Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
     Route("/api/agents", agents, methods=["GET"]),
     Route("/api/projects", projects, methods=["GET"]),
     Route("/api/jobs/{job_id}", job_by_id, methods=["GET"]),

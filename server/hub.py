@@ -289,6 +289,8 @@ class Hub:
         self._latest: dict[str, dict[str, ProgressUpdate]] = {}
         #: jobs running in this process; other processes' progress is kept only while a channel follows it
         self._local_jobs: set[str] = set()
+        #: progress waiting to go to a shared store, newest per job; one write per job is in flight at most
+        self._unshared: dict[str, ProgressUpdate] = {}
         #: set when the server begins to shut down: open streams and long-polls end at once
         self.closing = anyio.Event()
 
@@ -392,13 +394,20 @@ class Hub:
         if self.store.shared:
             # Every process's channel reader, this one's included, gets it back from the store.
             self._latest.setdefault(update.project_id, {})[update.job_id] = update
-            self._task_group.start_soon(self._share_progress, update)
+            writing = update.job_id in self._unshared
+            self._unshared[update.job_id] = update
+            if not writing:
+                self._task_group.start_soon(self._share_progress, update.job_id)
         else:
             self._deliver_progress(update)
 
-    async def _share_progress(self, update: ProgressUpdate) -> None:
-        with contextlib.suppress(StoreUnavailable):  # latest-value: the next tick makes up for it
-            await self.store.publish_progress(update)
+    async def _share_progress(self, job_id: str) -> None:
+        """Write the job's newest progress until none is left: a slow store coalesces ticks, never piles them up."""
+        while (update := self._unshared.get(job_id)) is not None:
+            with contextlib.suppress(StoreUnavailable):  # latest-value: the next tick makes up for it
+                await self.store.publish_progress(update)
+            if self._unshared.get(job_id) is update:
+                del self._unshared[job_id]
 
     def _deliver_progress(self, update: ProgressUpdate) -> None:
         channel = self._channels.get(update.project_id)

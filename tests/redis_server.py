@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -77,6 +78,16 @@ class RedisServer:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """SIGSTOP the server, as a hung primary or a long fork looks to clients: connections open, no answers."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.process.send_signal(signal.SIGCONT)
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + WAIT

@@ -9,6 +9,7 @@ import pytest
 
 from agents.builtin import financial_figures
 from tests.conftest import status_is
+from tests.live import live_server
 
 pytestmark = pytest.mark.anyio
 
@@ -138,3 +139,15 @@ async def test_a_trailing_slash_is_a_json_404(make_app: MakeApp) -> None:
     async with make_app() as app:
         response = await app.http.get("/api/projects/")
         assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+
+
+async def test_readyz_is_ready_with_a_working_store_and_draining_once_shutdown_begins() -> None:
+    """/readyz: 200 while the store answers; 503 draining once shutdown has begun, while /healthz stays 200."""
+    async with live_server() as live:
+        ready = await live.http.get("/readyz")
+        assert ready.status_code == 200 and ready.json() == {"status": "ready", "store": "memory"}
+        live.hub.closing.set()  # what the server does first at SIGTERM
+        draining = await live.http.get("/readyz")
+        assert draining.status_code == 503
+        assert draining.json()["status"] == "draining" and draining.json()["error"]["code"] == "draining"
+        assert (await live.http.get("/healthz")).status_code == 200

@@ -48,6 +48,10 @@ class Store(abc.ABC):
     async def close(self) -> None:
         """Release connections; called once at shutdown."""
 
+    async def ping(self) -> None:
+        """Raise :class:`~server.errors.StoreUnavailable` unless the store answers a read now (``/readyz``)."""
+        await self.last_seq("")
+
     @abc.abstractmethod
     async def create_job(self, job: Job) -> tuple[Job, bool]:
         """Insert a queued job unless one is active for its (project, agent).

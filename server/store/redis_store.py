@@ -47,6 +47,14 @@ _PROGRESS_KEEP = 64
 _BLOCK_MS = 1000
 _SOCKET_TIMEOUT = 5.0
 _CONNECT_TIMEOUT = 2.0
+#: Every store call ends within this, whatever Redis does (frozen, a long fork, a black hole):
+#: waiting for a pooled connection, the epoch check and the command itself all count.
+CALL_DEADLINE = 3.0
+#: A blocking read is allowed its block time on top.
+_READ_DEADLINE = _BLOCK_MS / 1000 + CALL_DEADLINE
+#: While Redis is unavailable, one call in this many seconds tries it; the rest fail at once,
+#: so requests, progress, leases and readers cannot pile up behind a server that does not answer.
+PROBE_INTERVAL = 0.5
 #: Connections for commands, per process; more requests at once wait for one (up to the socket timeout).
 _COMMAND_CONNECTIONS = 32
 #: Connections for blocking reads: one per project with subscribers in this process.
@@ -223,8 +231,9 @@ class RedisStore(Store):
             "protocol": 2,
             "socket_timeout": _SOCKET_TIMEOUT,
             "socket_connect_timeout": _CONNECT_TIMEOUT,
-            # Fail fast and say so: callers answer 503 and retry with their own backoff.
-            "retry": Retry(NoBackoff(), 1),
+            # One retry on a fresh connection when a pooled one was reset (Redis restarted), none on a
+            # timeout: that would double the wait on a frozen server. Callers answer 503 and back off.
+            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         }
         # Commands share a bounded pool and wait their turn for a connection, so a burst of
         # requests queues instead of failing. Blocking reads (one per project a channel
@@ -252,6 +261,9 @@ class RedisStore(Store):
         self._epoch_checked = False
         self._epoch_lock = anyio.Lock()
         self._unavailable = False
+        #: the outage is Redis not answering at all (frozen, a black hole), not a quick refusal
+        self._silent = False
+        self._next_probe = 0.0
 
     # -- connection health ---------------------------------------------------------
 
@@ -266,27 +278,48 @@ class RedisStore(Store):
         await self.readers.aclose()
 
     async def _call(self, operation: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """Run one Redis operation; a lost connection becomes StoreUnavailable (503), logged once."""
+        """Run one Redis operation within :data:`CALL_DEADLINE`; an outage becomes StoreUnavailable (503)."""
+        return await self._call_within(CALL_DEADLINE, operation, *args, **kwargs)
+
+    async def _call_within(
+        self, deadline: float, operation: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+    ) -> T:
+        self._fail_fast_while_down()
         try:
-            if not self._epoch_checked:
-                await self._refresh_epoch()
-            result = await operation(*args, **kwargs)
-        except _UNAVAILABLE as exc:
+            # A cancelled command costs its connection (redis-py drops it), never a mixed-up reply.
+            with anyio.fail_after(deadline):
+                if not self._epoch_checked:
+                    await self._refresh_epoch()
+                result = await operation(*args, **kwargs)
+        except (TimeoutError, *_UNAVAILABLE) as exc:
             self._went_away(exc)
             raise StoreUnavailable("the Redis store is unavailable; try again shortly") from None
         if self._unavailable:
-            self._unavailable = False
+            self._unavailable = self._silent = False
             logger.warning("Redis at %s is reachable again", self.location)
         return result
+
+    def _fail_fast_while_down(self) -> None:
+        """While Redis does not answer, let one call through each PROBE_INTERVAL to find out when it is back.
+
+        A Redis that refuses quickly (down, out of memory, read-only) is simply asked each time.
+        """
+        if not self._silent:
+            return
+        now = anyio.current_time()
+        if now < self._next_probe:
+            raise StoreUnavailable("the Redis store is unavailable; try again shortly")
+        self._next_probe = now + PROBE_INTERVAL
 
     def _went_away(self, exc: BaseException) -> None:
         # Redis may have restarted meanwhile, perhaps empty: check the epoch before trusting the log.
         self._epoch_checked = False
+        self._silent = isinstance(exc, TimeoutError | RedisTimeoutError)
+        self._next_probe = anyio.current_time() + PROBE_INTERVAL
         if not self._unavailable:
             self._unavailable = True
-            logger.warning(
-                "Redis at %s is unavailable (%s); answering 503 and reconnecting", self.location, exc or type(exc)
-            )
+            reason = "no answer within its deadline" if isinstance(exc, TimeoutError) else str(exc) or type(exc)
+            logger.warning("Redis at %s is unavailable (%s); answering 503 and reconnecting", self.location, reason)
 
     async def _refresh_epoch(self) -> None:
         async with self._epoch_lock:
@@ -298,6 +331,9 @@ class RedisStore(Store):
                 logger.warning("Redis restarted: epoch %s replaces %s; clients get a fresh snapshot", epoch, self.epoch)
             self.epoch = epoch
             self._epoch_checked = True
+
+    async def ping(self) -> None:
+        await self._call(self.client.ping)
 
     async def check_epoch(self) -> str:
         self._epoch_checked = False
@@ -463,8 +499,12 @@ class RedisStore(Store):
     async def wait_for_events(self, project_id: str, after: int, timeout: float) -> bool:
         with anyio.move_on_after(timeout):
             while await self.last_seq(project_id) <= after:
-                await self._call(
-                    self.readers.xread, {self._key("log", project_id): f"{after}-0"}, count=1, block=_BLOCK_MS
+                await self._call_within(
+                    _READ_DEADLINE,
+                    self.readers.xread,
+                    {self._key("log", project_id): f"{after}-0"},
+                    count=1,
+                    block=_BLOCK_MS,
                 )
             return True
         return False
@@ -490,7 +530,8 @@ class _RedisFollower(Follower):
             newest = await store._call(store.client.xrevrange, self.progress_key, count=1)
             self.progress_id = newest[0][0] if newest else "0-0"
         while store.epoch == self.epoch:  # a new epoch ends the channel; its caller sees store.epoch
-            replies = await store._call(
+            replies = await store._call_within(
+                _READ_DEADLINE,
                 store.readers.xread,
                 {self.log_key: f"{after}-0", self.progress_key: self.progress_id},
                 count=limit,

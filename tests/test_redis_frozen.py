@@ -1,0 +1,95 @@
+"""A frozen Redis (SIGSTOP: a hung primary, a long fork, a network black hole) costs 503s, never hangs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import websockets
+
+from server.api import READY_TIMEOUT
+from server.store.redis_store import CALL_DEADLINE
+from tests.agents import GatedAgent
+from tests.conftest import WAIT
+from tests.live import Live, live_server, receive
+from tests.redis_server import RedisServer, redis_server
+
+pytestmark = pytest.mark.anyio
+
+#: What "within seconds" means here: the store's deadline, and room for two busy cores.
+PROMPT = CALL_DEADLINE + 2.0
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_server(tmp_path / "redis") as server:
+        yield server
+
+
+async def timed_get(live: Live, path: str, answers: list[tuple[int, float]]) -> None:
+    began = time.monotonic()
+    response = await live.http.get(path, timeout=WAIT * 3)
+    answers.append((response.status_code, time.monotonic() - began))
+
+
+async def wave(live: Live, paths: list[str]) -> list[tuple[int, float]]:
+    """Send every request at once; each answer's status and how long it took."""
+    answers: list[tuple[int, float]] = []
+    async with anyio.create_task_group() as tasks:
+        for path in paths:
+            tasks.start_soon(timed_get, live, path, answers)
+    return answers
+
+
+async def test_requests_during_a_freeze_get_503_promptly_and_no_convoy_forms(own_redis: RedisServer) -> None:
+    """Every request during a freeze answers 503 within seconds, the later ones too; all works again after."""
+    async with live_server(store=own_redis.url()) as live:
+        job = await live.start("p1", "gated")
+        paths = [f"/api/projects/p{n}" for n in range(8)] + [f"/api/jobs/{job['job_id']}", "/api/projects"]
+        with own_redis.frozen():
+            first = await wave(live, paths)
+            later = await wave(live, paths)  # sent after the first wave failed: nothing may queue behind it
+            refused = await live.http.post("/api/projects/p2/agents/quick/refresh", timeout=WAIT * 3)
+            ready = await wave(live, ["/readyz"])
+            alive = await live.http.get("/healthz")
+        assert all(status == 503 for status, _ in first + later), first + later
+        assert max(seconds for _, seconds in first + later) < PROMPT, first + later
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "store_unavailable"
+        assert ready[0][0] == 503 and ready[0][1] < READY_TIMEOUT + 1.0
+        assert alive.status_code == 200  # liveness: the process is fine, only its store is not
+
+        await wait_until_ready(live)
+        GatedAgent.gate.set()
+        with anyio.fail_after(WAIT):
+            while (await live.http.get(f"/api/jobs/{job['job_id']}")).json()["status"] != "completed":  # noqa: ASYNC110
+                await anyio.sleep(0.05)  # polling as an HTTP client does
+        assert (await live.http.post("/api/projects/p3/agents/quick/refresh")).status_code == 202
+
+
+async def wait_until_ready(live: Live) -> None:
+    with anyio.fail_after(WAIT):
+        while (await live.http.get("/readyz")).status_code != 200:  # noqa: ASYNC110 - polling as a load balancer does
+            await anyio.sleep(0.05)
+
+
+async def test_a_websocket_opened_during_a_freeze_is_told_and_closed_promptly(own_redis: RedisServer) -> None:
+    """The socket gets a store_unavailable error then 1013 within seconds; after the freeze it gets its snapshot."""
+    async with live_server(store=own_redis.url()) as live:
+        with own_redis.frozen():
+            began = time.monotonic()
+            async with live.ws("p1") as ws:
+                error = await receive(ws)
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await receive(ws)
+            took = time.monotonic() - began
+        assert error["type"] == "error" and error["code"] == "store_unavailable"
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        assert took < PROMPT
+        await wait_until_ready(live)
+        async with live.ws("p1") as ws:
+            snapshot: dict[str, Any] = await receive(ws)
+            assert snapshot["type"] == "snapshot"
