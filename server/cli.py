@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata
 import logging
 import os
@@ -186,14 +187,18 @@ def _warn_open(settings: Settings) -> None:
 
 
 def uvicorn_config(app: object, settings: Settings, **overrides: Any) -> uvicorn.Config:
-    """How jobcast runs on uvicorn: its WebSocket protocol, pings, 64 KiB inbound limit, no token in a log."""
+    """How jobcast runs on uvicorn: its HTTP and WebSocket protocols, pings, 64 KiB inbound limit, no token in a log."""
     import uvicorn
 
+    from .connections import ConnectionGuard, GuardedH11Protocol
     from .protocol import JobcastWebSocketProtocol
 
+    guard = ConnectionGuard(settings.header_timeout, settings.max_pending_connections)
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
+        # Request headers get a deadline, and connections waiting for theirs a cap (server.connections).
+        "http": functools.partial(GuardedH11Protocol, guard=guard),
         "ws": JobcastWebSocketProtocol,
         "ws_ping_interval": settings.ping_interval,
         "ws_ping_timeout": settings.ping_timeout,

@@ -6,6 +6,7 @@ The tree::
     ├── InvalidInput             400 (bad project id, bad query parameter)
     ├── UnknownAgent             404
     ├── JobNotFound              404
+    ├── NoSuchEndpoint           404 not_found, a WebSocket to a path no route serves
     ├── NothingToCancel          409
     ├── StoreUnavailable         503
     ├── QueueFull                503, this process already holds --max-queued queued jobs
@@ -77,6 +78,16 @@ class UnknownAgent(JobcastError):
 class JobNotFound(JobcastError):
     code = "job_not_found"
     http_status = 404
+
+
+class NoSuchEndpoint(JobcastError):
+    code = "not_found"
+    http_status = 404
+
+    def __init__(self, path: str) -> None:
+        shown = "".join(c if c.isprintable() else "?" for c in path[:200])
+        super().__init__(f"no WebSocket endpoint at {shown!r}; follow a project at /ws/projects/{{project_id}}")
+        self.path = path
 
 
 class NothingToCancel(JobcastError):

@@ -30,6 +30,11 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Why a subscriber is closed: the close frame's reason (1013), and the log's.
+FELL_BEHIND = "too far behind; resume from your cursor"
+NEW_EPOCH = "the store started a new epoch; reconnect for a fresh snapshot"
+CHANNEL_FAILED = "the project's channel stopped; reconnect with your cursor"
+
 #: How many finished job ids a channel remembers, to drop progress that races a final state.
 _FINISHED_MEMORY = 1024
 _READ_BATCH = 500
@@ -69,7 +74,7 @@ class Subscription:
 
     # One per connection, 10k at a time: slots, and events made only when someone waits.
     __slots__ = (
-        "limit", "last_seq", "writer", "on_backlog", "on_overflow", "holding",
+        "limit", "last_seq", "writer", "on_backlog", "on_overflow", "holding", "close_reason",
         "_transitions", "_progress", "_wake", "_overflowed",
     )  # fmt: skip
 
@@ -81,6 +86,8 @@ class Subscription:
         self.on_overflow: Callable[[], object] | None = None
         #: true until the transport has sent the opening messages, and while it drains
         self.holding = True
+        #: set when the subscriber must be closed: one of FELL_BEHIND, NEW_EPOCH, CHANNEL_FAILED
+        self.close_reason: str | None = None
         self._transitions: collections.deque[tuple[int, Message]] = collections.deque()
         self._progress: dict[str, tuple[int, Message]] = {}
         self._wake: anyio.Event | None = None
@@ -105,7 +112,7 @@ class Subscription:
         if self._write_now(message):
             return
         if len(self._transitions) >= self.limit:
-            self._overflow()
+            self.end(FELL_BEHIND)
             return
         self._transitions.append((seq, message))
         self._backlogged()
@@ -132,7 +139,9 @@ class Subscription:
             self.holding = True  # the drainer owns the order until the queue is empty
             self.on_backlog()
 
-    def _overflow(self) -> None:
+    def end(self, reason: str) -> None:
+        """Ask the transport to close this subscriber, saying why; the client resumes from its cursor."""
+        self.close_reason = reason
         self.overflowed.set()
         self._set_wake()
         if self.on_overflow is not None:
@@ -431,20 +440,18 @@ class Hub:
             await channel.run()
         except EpochChanged as exc:
             logger.warning("project %s: %s; its subscribers resume with a fresh snapshot", channel.project_id, exc)
-            self._close_channel(channel)
+            self._close_channel(channel, NEW_EPOCH)
         except Exception:
             logger.exception("the channel of project %s stopped; closing its subscribers", channel.project_id)
-            self._close_channel(channel)
+            self._close_channel(channel, CHANNEL_FAILED)
         else:
             if channel.failure is not None and self._channels.get(channel.project_id) is channel:
                 del self._channels[channel.project_id]
 
-    def _close_channel(self, channel: Channel) -> None:
+    def _close_channel(self, channel: Channel, reason: str) -> None:
         """Close every subscriber (they resume from their cursors) and forget the channel."""
-        for subscriber in channel.subscribers:
-            subscriber.overflowed.set()
-            if subscriber.on_overflow is not None:
-                subscriber.on_overflow()
+        for subscriber in list(channel.subscribers):
+            subscriber.end(reason)
         if self._channels.get(channel.project_id) is channel:
             del self._channels[channel.project_id]
             self._forget_remote_progress(channel.project_id)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 REDACTED = "[redacted]"
 
@@ -88,8 +89,53 @@ class DropRejections(logging.Filter):
         return not (isinstance(record.msg, str) and record.msg.startswith("connection rejected"))
 
 
+class ThrottleFloods(logging.Filter):
+    """Lines a hostile or broken client can cause at will pass at most ``per_minute`` times a minute each.
+
+    The first line after a dropped stretch says how many were dropped. Every other record passes.
+    """
+
+    #: the format strings (``record.msg``) of such lines
+    MESSAGES = frozenset(
+        {
+            "Invalid HTTP request received.",
+            "Unsupported upgrade request.",
+            "closing WebSocket from %s: a text frame that is not UTF-8 (1007)",
+            "%d connections were waiting for their request headers (--max-pending-connections); "
+            "closed the oldest to make room",
+        }
+    )
+
+    def __init__(self, per_minute: int = 5, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.per_minute = per_minute
+        self._clock = clock
+        self._windows: dict[str, list[float | int]] = {}  # message: [window start, passed, dropped]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.msg, str) or record.msg not in self.MESSAGES:
+            return True
+        now = self._clock()
+        window = self._windows.setdefault(record.msg, [now, 0, 0])
+        if now - window[0] >= 60:
+            window[0], window[1] = now, 0
+        if window[1] >= self.per_minute:
+            window[2] += 1
+            return False
+        window[1] += 1
+        if window[2]:
+            record.msg = f"{record.msg} (and {int(window[2])} more like it not logged)"
+            window[2] = 0
+        return True
+
+
+#: the loggers whose own lines ThrottleFloods watches
+FLOOD_LOGGERS = ("uvicorn.error", "server.protocol", "server.connections")
+
+
 def install(secret: str | None, loggers: Iterable[str] = LOGGERS) -> None:
-    """Add one Redactor to every handler of ``loggers``, and DropRejections to uvicorn's error log.
+    """Add one Redactor to every handler of ``loggers``, DropRejections to uvicorn's error log, and
+    ThrottleFloods to the loggers of lines a client can provoke.
 
     Idempotent: running it again replaces the filters instead of stacking them.
     """
@@ -101,3 +147,8 @@ def install(secret: str | None, loggers: Iterable[str] = LOGGERS) -> None:
     errors = logging.getLogger("uvicorn.error")
     errors.filters = [f for f in errors.filters if not isinstance(f, DropRejections)]
     errors.addFilter(DropRejections())
+    throttle = ThrottleFloods()
+    for name in FLOOD_LOGGERS:
+        flood = logging.getLogger(name)
+        flood.filters = [f for f in flood.filters if not isinstance(f, ThrottleFloods)]
+        flood.addFilter(throttle)

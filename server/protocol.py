@@ -8,7 +8,9 @@ drained within the close timeout. ``jobcast serve`` uses it; plain
 ``uvicorn --factory`` still works, without this guarantee.
 
 It also ends a refused handshake (an HTTP answer instead of the upgrade) without the
-spurious error uvicorn logs for it, so each refusal leaves exactly one line: jobcast's.
+spurious error uvicorn logs for it, so each refusal leaves exactly one line: jobcast's;
+and closes a socket that sends a text frame that is not UTF-8 with 1007 and one line,
+where uvicorn logs an error with a traceback for each such frame.
 
 It also offers the app an ASGI extension, ``jobcast.send_text_nowait``: a plain function
 that writes a text frame at once if the socket is below its high-water mark and
@@ -18,9 +20,12 @@ no task switch and no await per subscriber, with a queue only for laggards.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+logger = logging.getLogger(__name__)
 
 #: Seconds a closing connection gets to flush its backlog before it is aborted.
 CLOSE_GRACE_SECONDS = 2.0
@@ -28,6 +33,8 @@ CLOSE_GRACE_SECONDS = 2.0
 
 #: The ASGI extension key under which the app finds the non-blocking writer.
 SEND_NOWAIT = "jobcast.send_text_nowait"
+#: ... and a function telling whether the peer sent the close frame (its code is then the peer's, not a limit's).
+PEER_CLOSED = "jobcast.peer_closed"
 
 
 class JobcastWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -36,6 +43,28 @@ class JobcastWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None:  # the app's task has been created but has not run yet
             scope["extensions"][SEND_NOWAIT] = self.send_text_nowait
+            scope["extensions"][PEER_CLOSED] = self.peer_closed
+
+    def peer_closed(self) -> bool:
+        return self.conn.close_rcvd is not None and self.conn.close_rcvd_then_sent is not False
+
+    def send_receive_event_to_app(self) -> None:
+        """A text frame that is not UTF-8 closes the socket with 1007 and one line, never a traceback."""
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            data = b"".join(self.frames)
+            try:
+                data.decode()
+            except UnicodeDecodeError:
+                self.frames = []
+                logger.warning("closing WebSocket from %s: a text frame that is not UTF-8 (1007)", self._peer())
+                self.conn.send_close(1007, "text frames must be UTF-8")
+                self.handle_parser_exception()
+                return
+        super().send_receive_event_to_app()
+
+    def _peer(self) -> str:
+        client = self.client
+        return f"{client[0]}:{client[1]}" if client else "unknown"
 
     def send_text_nowait(self, data: bytes) -> bool:
         """Write one text frame now, or return False if the socket is full or closing."""

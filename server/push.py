@@ -29,12 +29,12 @@ from . import access, validation
 from .auth import SUBPROTOCOL, Grant
 from .cursor import Cursor, Resume, Snapshot, parse_cursor, parse_last_event_id, plan
 from .engine import Engine
-from .errors import CloseCode, JobcastError, StoreUnavailable
+from .errors import CloseCode, JobcastError, NoSuchEndpoint, StoreUnavailable
 from .http_errors import log_refusal, refuse_handshake, response_for
-from .hub import Hub, Message, Subscription, encode, event_message, server_time
+from .hub import FELL_BEHIND, Hub, Message, Subscription, encode, event_message, server_time
 from .limits import Limits
 from .origins import origin_allowed
-from .protocol import SEND_NOWAIT
+from .protocol import PEER_CLOSED, SEND_NOWAIT
 from .views import agents_state
 
 __all__ = ["ROUTES", "PushConfig", "client_reply", "origin_allowed", "sse_frame"]
@@ -170,9 +170,7 @@ async def _serve_socket(websocket: WebSocket, services: _Services, grant: Grant,
         # Helpers run in the app's task group, not a group per connection: 10k idle sockets
         # should cost as little as possible. Each ends once its socket does.
         sub.on_backlog = functools.partial(hub.spawn, _drain, websocket, sub)
-        sub.on_overflow = functools.partial(
-            hub.spawn, _close, websocket, CloseCode.TRY_AGAIN_LATER, "too far behind; resume from your cursor"
-        )
+        sub.on_overflow = functools.partial(hub.spawn, _close_ended, websocket, sub)
         if await _send_opening(websocket, services, project_id, cursor, sub):
             hub.spawn(_drain, websocket, sub)  # whatever queued meanwhile, then direct writes
             await _receive_until_expiry(websocket, grant, services.limits.message_allowance())
@@ -204,6 +202,26 @@ async def _close_unavailable(websocket: WebSocket, exc: StoreUnavailable) -> Non
     await _close(websocket, CloseCode.TRY_AGAIN_LATER, "the store is unavailable; try again shortly")
 
 
+async def _close_ended(websocket: WebSocket, sub: Subscription) -> None:
+    """The hub ended the subscriber (it fell behind, or the store started a new epoch): 1013, with the reason."""
+    reason = sub.close_reason or FELL_BEHIND
+    _log_ended(websocket.scope, sub, reason)
+    await _close(websocket, CloseCode.TRY_AGAIN_LATER, reason)
+
+
+def _log_ended(scope: Scope, sub: Subscription, reason: str) -> None:
+    """One line per subscriber closed for falling behind; a new epoch is logged once, by its channel."""
+    if reason == FELL_BEHIND:
+        kind = "WebSocket" if scope["type"] == "websocket" else "SSE stream"
+        logger.warning(
+            "closing %s %s from %s with 1013: too far behind (%d transitions queued); it resumes from its cursor",
+            kind,
+            scope.get("path", ""),
+            _peer_of(scope),
+            sub.limit,
+        )
+
+
 async def _drain(websocket: WebSocket, sub: Subscription) -> None:
     """Send a laggard's queue in order; once it is empty, go back to direct writes."""
     try:
@@ -230,8 +248,8 @@ async def _receive_messages(websocket: WebSocket, allowed: Callable[[], bool]) -
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
-                if message.get("code") == CloseCode.MESSAGE_TOO_BIG:  # uvicorn enforced the 64 KiB itself
-                    _log_limit(websocket, "a message over 64 KiB")
+                if message.get("code") == CloseCode.MESSAGE_TOO_BIG and not _peer_closed(websocket):
+                    _log_limit(websocket, "a message over 64 KiB")  # uvicorn enforced it; a peer's own 1009 is not
                 return
             if message.get("bytes") is not None:
                 await _close(websocket, CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted")
@@ -255,8 +273,18 @@ def _log_limit(websocket: WebSocket, what: str) -> None:
 
 
 def _peer(websocket: WebSocket) -> str:
-    client = websocket.scope.get("client")
+    return _peer_of(websocket.scope)
+
+
+def _peer_of(scope: Scope) -> str:
+    client = scope.get("client")
     return f"{client[0]}:{client[1]}" if client else "unknown"
+
+
+def _peer_closed(websocket: WebSocket) -> bool:
+    """Whether the close came from the client's own close frame (jobcast's protocol class tells; others don't)."""
+    peer_closed = websocket.scope.get("extensions", {}).get(PEER_CLOSED)
+    return bool(peer_closed and peer_closed())
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
@@ -291,11 +319,11 @@ class EventStream:
             await response_for(exc)(scope, receive, send)
             return
         try:
-            await self._respond(receive, send)
+            await self._respond(scope, receive, send)
         finally:
             connections.release(self.address)
 
-    async def _respond(self, receive: Receive, send: Send) -> None:
+    async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
@@ -308,6 +336,8 @@ class EventStream:
             tasks.start_soon(_cancel_on, sub.overflowed, tasks.cancel_scope)
             tasks.start_soon(_cancel_on, self.services.hub.closing, tasks.cancel_scope)
             tasks.start_soon(_cancel_after, self.grant.seconds_left(time.time()), tasks.cancel_scope)
+        if sub.close_reason is not None:
+            _log_ended(scope, sub, sub.close_reason)
         with anyio.move_on_after(1):
             try:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -419,8 +449,14 @@ async def _poll(request: Request, services: _Services, project_id: str, wait: in
     return JSONResponse(body)
 
 
+async def unknown_socket(websocket: WebSocket) -> None:
+    """A WebSocket to any other path (``/ws/projects/a%2Fb`` decodes to one) is refused with JSON, not a bare 403."""
+    await refuse_handshake(websocket, NoSuchEndpoint(websocket.scope["path"]))
+
+
 ROUTES = [
     WebSocketRoute("/ws/projects/{project_id}", project_socket),
+    WebSocketRoute("/{path:path}", unknown_socket),  # last: only what no other route takes
     Route("/api/projects/{project_id}/events/stream", event_stream, methods=["GET"]),
     Route("/api/projects/{project_id}/events", poll_events, methods=["GET"]),
 ]

@@ -46,6 +46,10 @@ def _port(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    return _int(text)  # no sign is accepted, so never below 0
+
+
 def _positive_float(text: str) -> float:
     value = _float(text)
     if not value > 0:
@@ -121,6 +125,13 @@ _OPTIONS = (
     _Option("max_queued", _positive_int, "queued jobs this process holds before refusing with queue_full"),
     _Option("ws_compression", _boolean, "offer permessage-deflate on WebSockets", flag=True),
     _Option("app_dir", str, "folder that --agent modules are imported from, before installed packages"),
+    _Option("header_timeout", _positive_float, "seconds a connection has to send a request's headers"),
+    _Option(
+        "max_pending_connections",
+        _non_negative_int,
+        "connections waiting for their request headers before the oldest is closed (0: half the file limit, "
+        "at most 1000)",
+    ),
 )
 
 
@@ -152,6 +163,8 @@ class Settings:
     max_queued: int = 100
     ws_compression: bool = False
     app_dir: str = "."
+    header_timeout: float = 5.0
+    max_pending_connections: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

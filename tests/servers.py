@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -43,6 +44,7 @@ class JobcastServer:
         env: dict[str, str] | None = None,
         port: int | None = None,
         cwd: Path | None = None,
+        nofile: int | None = None,
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -55,6 +57,8 @@ class JobcastServer:
             stderr=subprocess.STDOUT,
             env=environ,
             cwd=cwd,
+            # ``ulimit -n``: the file descriptors the server may hold, as an operator's limit sets them
+            preexec_fn=None if nofile is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)),
         )
 
     @property
@@ -100,8 +104,9 @@ def jobcast_server(
     env: dict[str, str] | None = None,
     port: int | None = None,
     cwd: Path | None = None,
+    nofile: int | None = None,
 ) -> Iterator[JobcastServer]:
-    server = JobcastServer(args, log_path, env, port, cwd)
+    server = JobcastServer(args, log_path, env, port, cwd, nofile)
     try:
         server.wait_ready()
         yield server

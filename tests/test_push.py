@@ -446,8 +446,8 @@ async def test_sse_rejects_a_bad_project_with_json() -> None:
 __all__ = ["httpx"]
 
 
-async def test_an_overflowing_subscriber_is_closed_with_1013() -> None:
-    """When a subscriber's queue overflows, its socket is closed with 1013 (try again later)."""
+async def test_an_overflowing_subscriber_is_closed_with_1013(caplog: pytest.LogCaptureFixture) -> None:
+    """When a subscriber's queue overflows, its socket is closed with 1013 (try again later), and one line says so."""
     async with live_server(send_buffer=2) as live, live.ws("p1") as ws:
         await receive(ws)
         [subscription] = live.hub._channels["p1"].subscribers
@@ -459,3 +459,6 @@ async def test_an_overflowing_subscriber_is_closed_with_1013() -> None:
             while True:
                 await receive(ws)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        assert closed.value.rcvd.reason == "too far behind; resume from your cursor"
+    [line] = [r.getMessage() for r in caplog.records if "too far behind" in r.getMessage()]
+    assert line.startswith("closing WebSocket /ws/projects/p1 from 127.0.0.1:") and "(2 transitions queued)" in line

@@ -260,6 +260,7 @@ async def test_redis_restarts_under_a_live_subscriber(own_redis: RedisServer, tm
                     while True:
                         await ws.recv()
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        assert closed.value.rcvd.reason == "the store started a new epoch; reconnect for a fresh snapshot"
         async with socket(a, "outage", f"?epoch={first['epoch']}&after=3") as ws:
             snapshot = (await until(ws, lambda m: m["type"] == "snapshot"))[0]
             assert snapshot["recovered"] is False and snapshot["epoch"] != first["epoch"]

@@ -18,7 +18,7 @@ from server.errors import (
     TooManyConnections,
 )
 from server.limits import ConnectionCounter, RateLimiter, TokenBucket
-from server.logs import Redactor
+from server.logs import Redactor, ThrottleFloods
 
 SECRET = "unit-test-secret-0123456789"
 NOW = 1_800_000_000.0
@@ -163,3 +163,18 @@ def test_the_redactor_blanks_tokens_headers_credentials_and_the_secret() -> None
         text = record.getMessage()
         assert "opaque-value" not in text and SECRET not in text and "[redacted]" in text, text
         assert "opaque-value" not in urllib.parse.unquote(urllib.parse.unquote(text)), text
+
+
+def test_lines_a_client_can_provoke_are_throttled_and_counted() -> None:
+    """Five a minute pass; the first after the minute says how many were left out; other lines always pass."""
+    clock = [0.0]
+    throttle = ThrottleFloods(per_minute=5, clock=lambda: clock[0])
+
+    def passes(msg: str) -> bool:
+        return throttle.filter(logging.LogRecord("uvicorn.error", 30, "", 0, msg, None, None))
+
+    assert [passes("Invalid HTTP request received.") for _ in range(8)] == [True] * 5 + [False] * 3
+    assert all(passes("something else") for _ in range(20))
+    clock[0] = 60.0
+    record = logging.LogRecord("uvicorn.error", 30, "", 0, "Invalid HTTP request received.", None, None)
+    assert throttle.filter(record) and record.getMessage().endswith("(and 3 more like it not logged)")
