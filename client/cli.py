@@ -49,13 +49,17 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument(
         "--json", action="store_true", help="print newline-delimited JSON (events and final records) and nothing else"
     )
-    common.add_argument(
+    return common
+
+
+def _transport_option(parser: argparse.ArgumentParser) -> None:
+    """Only for the commands that follow a project (watch, refresh); status and cancel make one request."""
+    parser.add_argument(
         "--transport",
         choices=TRANSPORTS,
         default="auto",
         help="how to follow the project: WebSocket, Server-Sent Events, long-poll, or auto (the first that works)",
     )
-    return common
 
 
 def _agent_option(parser: argparse.ArgumentParser, *, required: bool, help: str) -> None:
@@ -86,6 +90,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "Follow a project live: each agent's state, progress, elapsed time and step. Ctrl-C ends it (exit 130).",
     )
     _agent_option(watch, required=False, help="show only this agent; repeat for more (default: all)")
+    _transport_option(watch)
     refresh = command(
         "refresh",
         "start agents' jobs and follow them until they finish",
@@ -93,6 +98,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "result's headline. The exit code is the worst outcome.",
     )
     _agent_option(refresh, required=True, help="the agent to run; repeat for more")
+    _transport_option(refresh)
     refresh.add_argument("--no-wait", action="store_true", help="print the job ids and exit 0 at once")
     refresh.add_argument(
         "--timeout",

@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from typing import Any, TextIO
 
 import anyio
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
 
 from .cursor import FINAL_STATES, Message
@@ -26,6 +26,7 @@ from .exitcodes import ExitCode, for_statuses
 from .http import JobcastClient, StartedJob
 from .render import (
     STATUS_HEADER,
+    LiveTable,
     View,
     apply,
     columns,
@@ -84,7 +85,7 @@ class Screen:
         self.notice_text = ""
         self.events: Subscription | None = None
 
-    def __rich__(self) -> Group:
+    def __rich__(self) -> LiveTable:
         return live_table(self.view, time.monotonic(), self.caption())
 
     def caption(self) -> str:

@@ -13,8 +13,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from rich.console import Group
-from rich.progress_bar import ProgressBar
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -170,6 +170,14 @@ def _shorten(text: str) -> str:
     return text if len(text) <= HEADLINE_WIDTH else text[: HEADLINE_WIDTH - 3] + "..."
 
 
+def error_text(job: Record | None) -> str:
+    """A failed, timed-out, cancelled or interrupted job's error as ``code: message``; empty otherwise."""
+    error = (job or {}).get("error") or {}
+    if not error:
+        return ""
+    return ": ".join(filter(None, [clean(error.get("code", "")), clean(error.get("message", ""))]))
+
+
 def detail(row: Row, now: float) -> str:
     """What follows the agent and state on a row's line."""
     job = row.job
@@ -184,8 +192,7 @@ def detail(row: Row, now: float) -> str:
         return f"{format_percent(row.percent):>4}  {taken}  {step}".rstrip() + cancel
     if status == "completed":
         return f"{taken}  {headline(job.get('result'))}".rstrip()
-    error = job.get("error") or {}
-    return f"{taken}  {clean(error.get('message', ''))}".rstrip()
+    return f"{taken}  {error_text(job)}".rstrip()
 
 
 def row_line(row: Row, now: float) -> str:
@@ -221,27 +228,37 @@ def job_line(agent: str, job: Record | None) -> str:
 
 # -- the status table ----------------------------------------------------------------------
 
-STATUS_HEADER = ("AGENT", "STATE", "JOB", "ELAPSED", "PROGRESS", "LAST RESULT")
+STATUS_HEADER = ("AGENT", "STATE", "JOB", "ELAPSED", "DETAIL", "LAST RESULT")
 
 
 def status_rows(project: Record) -> list[tuple[str, ...]]:
-    """``GET /api/projects/{id}`` as table rows, one per agent."""
+    """``GET /api/projects/{id}`` as table rows, one per agent.
+
+    DETAIL is a live job's progress, or an ended job's error (``interrupted: the server
+    stopped ...``) for a job that failed, timed out or was cancelled.
+    """
     rows: list[tuple[str, ...]] = []
     for name, state in project["agents"].items():
         job = state.get("job") or {}
-        progress = job.get("progress") or {}
-        step = " ".join(filter(None, [format_percent(progress.get("percent")), clean(progress.get("message") or "")]))
         rows.append(
             (
                 clean(name),
                 str(job.get("status", "idle")),
                 str(job.get("job_id", "-"))[:8],
                 format_seconds(job.get("elapsed_s")),
-                step if job else "-",
+                _status_detail(job),
                 headline(state.get("last_result")) or "-",
             )
         )
     return rows
+
+
+def _status_detail(job: Record) -> str:
+    if job.get("status") in FINAL_STATES:
+        return error_text(job) or "-"
+    progress = job.get("progress") or {}
+    step = " ".join(filter(None, [format_percent(progress.get("percent")), clean(progress.get("message") or "")]))
+    return step if job else "-"
 
 
 def columns(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
@@ -252,48 +269,95 @@ def columns(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
 
 
 def status_table(project: Record) -> Table:
+    """The status table for a terminal: agent, state, job and elapsed never wrap; detail and result do."""
     table = Table(title=f"project {clean(project['project_id'])}", title_justify="left")
-    for name in STATUS_HEADER:
-        table.add_column(name.lower())
+    for index, name in enumerate(STATUS_HEADER):
+        wraps = index >= 4
+        table.add_column(name.lower(), no_wrap=not wraps, overflow="fold", ratio=1 if wraps else None)
     for row in status_rows(project):
-        table.add_row(*(Text(cell, style=_STYLES.get(cell, "")) for cell in row))
+        state = row[1]
+        cells = [Text(cell, style=_STYLES.get(cell, "")) for cell in row]
+        if state in _STYLES and state not in ("completed", "running", "queued"):
+            cells[4].stylize(_STYLES[state])
+        table.add_row(*cells)
     return table
 
 
 # -- the live display ------------------------------------------------------------------------
 
 
-def live_table(view: View, now: float, caption: str = "") -> Group:
-    """A terminal's live display: a row per agent with state, bar, percent, elapsed and step."""
-    table = Table(box=None, padding=(0, 1), show_edge=False)
-    for name, justify in (("agent", "left"), ("state", "left"), ("", "left"), ("%", "right"), ("elapsed", "right")):
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    table.add_column("step", overflow="ellipsis", no_wrap=True)
-    for row in view.visible():
-        table.add_row(*_live_cells(row, now))
-    title = Text(f"jobcast · {clean(view.project_id)}", style="bold")
-    return Group(title, table, Text(caption, style="dim")) if caption else Group(title, table)
+#: The bar's width when the terminal has room; it shrinks, then goes, before anything else does.
+BAR_WIDTH = 24
+_MIN_BAR = 6
 
 
-def _live_cells(row: Row, now: float) -> tuple[Text | ProgressBar, ...]:
+@dataclasses.dataclass(frozen=True)
+class LiveTable:
+    """A terminal's live display, laid out when drawn, for the terminal's width.
+
+    Each agent gets a line with its name, state, bar, percent and elapsed time, and below
+    it, indented and wrapped, its step, result headline or error. The name and state are
+    never cut: the bar shrinks first and then goes; at 80 columns everything fits.
+    """
+
+    view: View
+    now: float
+    caption: str = ""
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        rows = self.view.visible()
+        name_width = max((len(clean(row.agent)) for row in rows), default=0)
+        state_width = max((len(row.status or "idle") for row in rows), default=0)
+        # two spaces between fields; percent is 4 wide, elapsed 7 (like 12m05s)
+        bar_width = min(BAR_WIDTH, options.max_width - (name_width + state_width + 4 + 7 + 8))
+        yield Text(f"jobcast · {clean(self.view.project_id)}", style="bold")
+        for row in rows:
+            yield _live_line(row, self.now, name_width, state_width, bar_width)
+            step = _step(row, self.now)
+            if step:
+                yield Padding(Text(step, style=_step_style(row), overflow="fold"), (0, 0, 0, 2))
+        if self.caption:
+            yield Text(self.caption, style="dim")
+
+
+def live_table(view: View, now: float, caption: str = "") -> LiveTable:
+    return LiveTable(view, now, caption)
+
+
+def _live_line(row: Row, now: float, name_width: int, state_width: int, bar_width: int) -> Text:
     status = row.status or "idle"
-    if status in FINAL_STATES and status != "completed":
-        step = clean(((row.job or {}).get("error") or {}).get("message", ""))
-    elif status == "completed":
-        step = headline((row.job or {}).get("result"))
-    else:
-        step = clean(row.message or "") + (" (cancel requested)" if (row.job or {}).get("cancel_requested") else "")
-    return (
-        Text(clean(row.agent), style="bold"),
-        Text(status, style=_STYLES.get(status, "dim")),
-        _bar(row),
-        Text(format_percent(100.0 if status == "completed" else row.percent)),
-        Text(format_seconds(elapsed(row, now))),
-        Text(step),
-    )
+    line = Text(no_wrap=False, overflow="fold")
+    line.append(clean(row.agent).ljust(name_width), style="bold")
+    line.append("  ")
+    line.append(status.ljust(state_width), style=_STYLES.get(status, "dim"))
+    if bar_width >= _MIN_BAR:
+        line.append("  ")
+        line.append_text(_bar(row, bar_width))
+    line.append(f"  {format_percent(100.0 if status == 'completed' else row.percent):>4}")
+    line.append(f"  {format_seconds(elapsed(row, now)):>7}")
+    return line
 
 
-def _bar(row: Row) -> ProgressBar:
+def _step(row: Row, now: float) -> str:
+    status = row.status or "idle"
+    if status == "completed":
+        return headline((row.job or {}).get("result"))
+    if status in FINAL_STATES:
+        return error_text(row.job)
+    cancel = " (cancel requested)" if (row.job or {}).get("cancel_requested") else ""
+    return clean(row.message or "") + cancel
+
+
+def _step_style(row: Row) -> str:
+    status = row.status or "idle"
+    return _STYLES[status] if status in FINAL_STATES and status != "completed" else ""
+
+
+def _bar(row: Row, width: int) -> Text:
+    if row.status == "running" and row.percent is None:
+        return Text("━" * width, style="grey35")  # running, no percent yet
     done = 100.0 if row.status == "completed" else row.percent or 0.0
-    pulse = row.status == "running" and row.percent is None
-    return ProgressBar(total=100.0, completed=done, width=24, pulse=pulse)
+    filled = round(width * min(max(done, 0.0), 100.0) / 100)
+    return Text("━" * filled, style="green" if row.status == "completed" else "magenta") + Text(
+        "━" * (width - filled), style="grey23"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import queue
@@ -33,6 +34,7 @@ FAST += [f"--agent=tests.agents:{name}Agent" for name in TEST_AGENTS]
 FAST += ["--agent=agents.builtin:FinancialAgent", "--agent=agents.builtin:PerformanceAgent"]
 SLOW = ["--demo-seconds", "30", "--agent=tests.agents:SleepyAgent", "--agent=tests.agents:QuickAgent"]
 ANSI = re.compile(r"\x1b\[")
+ANSI_SEQUENCE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +237,7 @@ def test_status_prints_each_agent_and_reads_jobcast_url(fast: JobcastServer) -> 
     result = jobcast("status", "st", env={"JOBCAST_URL": fast.url})
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
-    assert header.split() == ["AGENT", "STATE", "JOB", "ELAPSED", "PROGRESS", "LAST", "RESULT"]
+    assert header.split() == ["AGENT", "STATE", "JOB", "ELAPSED", "DETAIL", "LAST", "RESULT"]
     financial = next(row for row in rows if row.startswith("financial"))
     assert "completed" in financial and financial_figures("st")["summary"] in financial
     assert {row.split()[0] for row in rows} == {"quick", "failing", "stubborn", "sleepy", "financial", "performance"}
@@ -243,10 +245,20 @@ def test_status_prints_each_agent_and_reads_jobcast_url(fast: JobcastServer) -> 
     assert project["agents"]["financial"]["last_result"] == financial_figures("st")
 
 
+def test_status_shows_why_a_job_failed(fast: JobcastServer) -> None:
+    """A failed job's row in status carries its error code and message, not just a dash."""
+    assert jobcast("refresh", "st-fail", "--agent", "failing", "--url", fast.url).returncode == 1
+    result = jobcast("status", "st-fail", "--url", fast.url)
+    failing = next(row for row in result.stdout.splitlines() if row.startswith("failing"))
+    assert failing.split()[1] == "failed" and "agent_error: ledger for st-fail is offline" in failing
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
         (["refresh", "p"], "the following arguments are required: --agent"),
+        (["status", "p", "--transport", "ws"], "unrecognized arguments: --transport ws"),
+        (["cancel", "p", "--agent", "quick", "--transport", "sse"], "unrecognized arguments: --transport sse"),
         (["refresh", "p", "--agent", "legal"], "no agent named 'legal'"),
         (["refresh", "bad!id", "--agent", "quick"], "must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63} (invalid_project_id)"),
         (["cancel", "idle", "--agent", "quick"], "no queued or running 'quick' job for project 'idle'"),
@@ -331,6 +343,30 @@ def test_refresh_in_a_terminal_draws_the_live_display_and_ends_cleanly(fast: Job
     assert re.search(r"\x1b\[\?25h\r?\n?financial +completed +\d\.\ds  " + headline + r"\r\n$", child.before)
 
 
+def test_refresh_in_an_80_column_terminal_shows_whole_names_and_states(fast: JobcastServer) -> None:
+    """At 80 columns the live display keeps agent names and states whole, each step on its own line below."""
+    command, *rest = interruptible(
+        "refresh", "tty80", "--agent", "financial", "--agent", "performance", "--url", fast.url
+    )
+    screen = io.StringIO()
+    child = pexpect.spawn(
+        command, rest, env={**os.environ, "TERM": "xterm-256color"}, dimensions=(24, 80), encoding="utf-8",
+        timeout=WAIT,
+    )  # fmt: skip
+    child.logfile_read = screen
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    live, _, printed = screen.getvalue().partition("\x1b[?25h")  # the live display ends by showing the cursor
+    drawn = ANSI_SEQUENCE.sub("", live).splitlines()
+    assert all(len(line.rstrip()) <= 80 for line in drawn) and "…" not in "".join(drawn)
+    assert any(re.fullmatch(r"financial  +running  +━+ +\d+% +\d+\.\ds", line.rstrip()) for line in drawn)
+    assert any(re.fullmatch(r"performance  +completed  +━+ +100% +\d+\.\ds", line.rstrip()) for line in drawn)
+    summary = financial_figures("tty80")["summary"]
+    assert f"  {summary}" in [line.rstrip() for line in drawn]  # the headline, on its own line under the row
+    assert re.match(r"financial +completed +\d\.\ds  " + re.escape(summary), printed)
+
+
 def test_watch_in_a_terminal_stops_cleanly_on_ctrl_c(fast: JobcastServer) -> None:
     """Under a pseudo-terminal, watch draws its table and Ctrl-C ends it with 130, the cursor restored."""
     child = pty("watch", "tty-watch", "--url", fast.url)
@@ -359,6 +395,9 @@ def test_refresh_resumes_after_the_server_dies_mid_job(tmp_path: Path, monkeypat
         server.kill()
         with jobcast_server(args, tmp_path / "server.log"):
             assert follower.process.wait(2 * WAIT) == 1
+            status = jobcast("status", "crash", "--url", server.url)
+    sleepy = next(line for line in status.stdout.splitlines() if line.startswith("sleepy"))
+    assert sleepy.split()[1] == "failed" and "interrupted: the server stopped before the job finished" in sleepy
     output = records(follower.stdout.seen)
     transitions = [(r["seq"], r["job"]["status"]) for r in output if r["type"] == "job"]
     assert transitions == [(1, "queued"), (2, "running"), (3, "failed")]

@@ -156,9 +156,9 @@ def test_headlines_exit_codes_and_tables() -> None:
     assert for_statuses(["cancelled", "completed"]) == ExitCode.CANCELLED
     assert for_statuses(["completed"]) == for_statuses([]) == ExitCode.OK
     failed = job_event(2, status="failed")["job"] | {"error": {"code": "agent_error", "message": "ledger offline"}}
-    assert job_line("quick", failed) == "quick        failed     0.5s  ledger offline"
+    assert job_line("quick", failed) == "quick        failed     0.5s  agent_error: ledger offline"
     project = {"project_id": "p", "agents": {"quick": {"job": failed, "last_result": {"summary": "ok"}}}}
-    assert status_rows(project) == [("quick", "failed", "job-quic", "0.5s", "-", "ok")]
+    assert status_rows(project) == [("quick", "failed", "job-quic", "0.5s", "agent_error: ledger offline", "ok")]
 
 
 def test_the_live_table_draws_a_row_per_agent() -> None:
@@ -171,6 +171,40 @@ def test_the_live_table_draws_a_row_per_agent() -> None:
     text = console.export_text()
     assert "quick" in text and "running" in text and "50%" in text and "3.0s" in text and "halfway" in text
     assert "━" in text and "over ws" in text
+
+
+LONG_HEADLINE = "Revenue is growing (+1.5% a month); the project burns 55,934 a month, and the runway lasts a year."
+
+
+@pytest.mark.parametrize("width", [60, 80, 110])
+def test_the_live_table_fits_the_terminal_without_cutting_names_or_states(width: int) -> None:
+    """At 60, 80 and 110 columns every agent name and state is whole, and a long headline wraps below its row."""
+    agents = {"financial": {"job": None}, "performance": {"job": None}}
+    view = apply(View("p"), {"type": "snapshot", "agents": agents}, 0.0)
+    running = {"job_id": "a", "agent": "financial", "status": "running", "elapsed_s": 2.0,
+               "progress": {"percent": 50.0, "message": "asking the model"}}  # fmt: skip
+    done = {"job_id": "b", "agent": "performance", "status": "completed", "elapsed_s": 20.0,
+            "result": {"summary": LONG_HEADLINE}}  # fmt: skip
+    for job in (running, done):
+        view = apply(view, {"type": "job", "agent": job["agent"], "job": job}, 0.0)
+    console = Console(width=width, record=True)
+    console.print(live_table(view, now=0.0))
+    lines = [line.rstrip() for line in console.export_text().splitlines()]
+    assert all(len(line) <= width for line in lines) and "…" not in "".join(lines)
+    assert lines[1].split()[:2] == ["financial", "running"] and lines[1].endswith("50%     2.0s")
+    assert lines[2].strip() == "asking the model"
+    assert lines[3].split()[:2] == ["performance", "completed"]
+    assert " ".join(line.strip() for line in lines[4:]) == LONG_HEADLINE
+
+
+def test_the_live_table_shows_an_ended_jobs_error_code_and_message() -> None:
+    """A job that failed shows its error's code and message under its row."""
+    failed = {"job_id": "a", "agent": "quick", "status": "failed", "elapsed_s": 1.0,
+              "error": {"code": "interrupted", "message": "the server stopped before the job finished"}}  # fmt: skip
+    view = apply(View("p"), {"type": "job", "agent": "quick", "job": failed}, 0.0)
+    console = Console(width=80, record=True)
+    console.print(live_table(view, now=0.0))
+    assert "interrupted: the server stopped before the job finished" in console.export_text()
 
 
 # -- the subscription's logic, on fake transports --------------------------------------------
