@@ -1,7 +1,7 @@
 // Cases for the dashboard's pure logic, evaluated in the page by test_dashboard.py.
 // Returns the list of failures (empty when every case holds).
 (async () => {
-  const { apply, cardView, cursor, initialState, elapsedText } = await import("/static/js/state.js");
+  const { apply, cardView, cursor, initialState, elapsedText, OFFLINE_REASON } = await import("/static/js/state.js");
   const { backoffMs, pollMessages } = await import("/static/js/transport.js");
   const failures = [];
   const check = (name, ok, detail = "") => { if (!ok) failures.push(`${name} ${detail}`); };
@@ -49,6 +49,16 @@
   check("a snapshot announces a job that ended while away", recovered.effects.length === 1 && recovered.effects[0].status === "failed");
   const same = apply(recovered.state, snapshot(4, recovered.state.agents));
   check("the same snapshot again announces nothing", same.effects.length === 0);
+
+  // Offline: the timer stops at what was last seen, and the actions are disabled with a reason.
+  const lastHeard = Date.parse("2026-01-01T00:00:20.000Z");
+  const offlineView = cardView(t, "a", lastHeard + 9400, { offline: true, lastHeardMs: lastHeard });
+  check("offline, a running job reads as last seen", offlineView.elapsedText === "Last seen running 9s ago", offlineView.elapsedText);
+  check("offline, nothing can be started or cancelled", !offlineView.canRefresh && !offlineView.canCancel && offlineView.disabledReason === OFFLINE_REASON);
+  const idleOffline = cardView(s, "a", lastHeard, { offline: true, lastHeardMs: lastHeard });
+  check("offline, an ended job keeps its own text", idleOffline.elapsedText === "Took 45s" && !idleOffline.canRefresh);
+  const backOnline = cardView(t, "a", lastHeard + 9400, { offline: false, lastHeardMs: lastHeard });
+  check("online again, the timer ticks and actions return", backOnline.elapsedText.startsWith("Running… ") && backOnline.canCancel && backOnline.disabledReason === null);
 
   check("backoff grows and stays jittered within bounds",
     backoffMs(0, () => 0) === 250 && backoffMs(0, () => 1) === 500 && backoffMs(10, () => 1) === 10000);

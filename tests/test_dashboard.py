@@ -163,8 +163,25 @@ async def test_the_home_page_lists_projects_and_opens_one() -> None:
         await expect(card(page, "financial")).to_have_attribute("data-state", "idle", timeout=TIMEOUT_MS)
 
 
+async def test_the_home_page_says_so_when_a_request_fails() -> None:
+    """A request the home page makes that cannot reach the server ends as a visible message, not an exception."""
+    async with live_server() as live, chromium() as browser:
+        await live.start("acme", "quick")
+        page = await browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        await page.route(re.compile(r".*/api/projects/acme$"), lambda route: route.abort())
+        await page.goto(f"{live.url}/")
+        await expect(page.locator(".projects li")).to_contain_text("Could not load: cannot reach the server")
+        await page.route(re.compile(r".*/api/projects$"), lambda route: route.abort())
+        await page.reload()
+        await expect(page.locator("#empty")).to_contain_text("Could not load: cannot reach the server")
+        assert errors == []
+
+
 async def test_a_server_restart_mid_job_shows_the_job_interrupted_once(tmp_path: Path) -> None:
-    """Kill the server mid-job and start it again: the page reconnects and shows the job failed, notifying once."""
+    """Kill the server mid-job and start it again: while it is gone the card stops its timer ("last seen") and its
+    buttons are disabled with a reason, and nothing throws; back, the page shows the job failed, notifying once."""
     args = [
         "--store", f"sqlite:///{tmp_path / 'jobs.db'}", "--demo-seconds", "60",
         "--agent", "tests.agents:SleepyAgent", "--agent", "agents.builtin:FinancialAgent",
@@ -172,6 +189,11 @@ async def test_a_server_restart_mid_job_shows_the_job_interrupted_once(tmp_path:
     log = tmp_path / "server.log"
     async with chromium() as browser:
         page = await browser.new_page()
+        # Uncaught exceptions and unhandled rejections ("Uncaught (in promise) TypeError: Failed to fetch"); the
+        # browser's own lines about refused connections are not the page's and are left out.
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", lambda message: errors.append(message.text) if "Uncaught" in message.text else None)
         with jobcast_server(args, log) as server:
             port = server.port
             await page.goto(f"{server.url}/projects/acme")
@@ -180,15 +202,36 @@ async def test_a_server_restart_mid_job_shows_the_job_interrupted_once(tmp_path:
             await sleepy.locator("[data-role=refresh]").click()
             await expect(sleepy).to_have_attribute("data-state", "running", timeout=TIMEOUT_MS)
             server.kill()
-            await expect(page.locator("body")).to_have_attribute("data-connection", "offline", timeout=TIMEOUT_MS)
+            await expect(sleepy).to_have_attribute("data-offline", "true", timeout=TIMEOUT_MS)
+            await expect(sleepy.locator("[data-role=elapsed]")).to_have_text(
+                re.compile(r"Last seen running [1-9]\d*s ago"), timeout=TIMEOUT_MS
+            )
+            for role in ("refresh", "cancel"):
+                await expect(sleepy.locator(f"[data-role={role}]")).to_be_disabled()
+                await expect(sleepy.locator(f"[data-role={role}]")).to_have_attribute("title", re.compile("Offline"))
+            await expect(page.locator("#offline")).to_be_visible()
+            await expect(page.locator("#offline")).to_contain_text("reconnecting")
+            await page.evaluate("window.jobcast.connection.stop()")  # hold the page offline for the next check
+            await card(page, "financial").locator("[data-role=refresh]").click(force=True)  # a click that gets through
+            await expect(page.locator("[data-role=refresh][disabled]")).to_have_count(2)
+            await page.evaluate(
+                "document.querySelector('[data-agent=financial] [data-role=refresh]').disabled = false"
+            )
+            await card(page, "financial").locator("[data-role=refresh]").click()
+            await expect(page.locator(".toast[data-failed=refresh]")).to_contain_text("could not reach the server")
+            await page.evaluate("window.jobcast.connection.start()")
         with jobcast_server(args, log, port=port):
             await expect(sleepy).to_have_attribute("data-state", "failed", timeout=TIMEOUT_MS * 2)
             await expect(sleepy.locator("[data-role=error]")).to_contain_text("interrupted")
             await expect(page.locator("body")).to_have_attribute("data-connection", "live")
             await expect(page.locator(".toast[data-status=failed]")).to_have_count(1)
+            await expect(sleepy).to_have_attribute("data-offline", "false")
+            await expect(page.locator("#offline")).to_be_hidden()
             await sleepy.locator("[data-role=refresh]").click()  # and it works again
             await expect(sleepy).to_have_attribute("data-state", "running", timeout=TIMEOUT_MS)
+            await expect(sleepy.locator("[data-role=elapsed]")).to_have_text(re.compile(r"Running… \d+s"))
             await expect(page.locator(".toast[data-status=failed]")).to_have_count(1)
+    assert errors == [], errors
 
 
 async def test_with_websockets_and_sse_blocked_the_page_long_polls() -> None:

@@ -17,11 +17,21 @@ document.getElementById("open").addEventListener("submit", (event) => {
   location.href = `/projects/${encodeURIComponent(id)}`;
 });
 
+// Every failure ends as an Error whose message the page can show: no server, an error answer, a body that is not JSON.
 async function getJson(path) {
-  const response = await fetch(path, { headers: authHeaders() });
-  const body = await response.json();
-  if (!response.ok) throw new Error(body.error?.code ?? String(response.status));
+  let response;
+  try {
+    response = await fetch(path, { headers: authHeaders() });
+  } catch (error) {
+    throw new Error(`cannot reach the server (${error.message})`);
+  }
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error?.code ?? `the server answered ${response.status}`);
   return body;
+}
+
+function describe(error) {
+  return AUTH_CODES.has(error.message) ? authMessage(error.message) : `Could not load: ${error.message}.`;
 }
 
 async function load() {
@@ -31,7 +41,8 @@ async function load() {
   } catch (error) {
     const notice = document.getElementById("empty");
     notice.hidden = false;
-    notice.textContent = AUTH_CODES.has(error.message) ? authMessage(error.message) : `The server answered ${error.message}.`;
+    notice.setAttribute("role", "alert");
+    notice.textContent = describe(error);
     return;
   }
   document.getElementById("empty").hidden = projects.length > 0;
@@ -39,12 +50,16 @@ async function load() {
   for (const id of projects.slice(0, 100)) {
     const item = el("li", {}, el("a", { href: `/projects/${encodeURIComponent(id)}`, text: id }));
     list.append(item);
-    const status = await getJson(`/api/projects/${encodeURIComponent(id)}`);
-    const badges = Object.entries(status.agents).map(([name, entry]) => {
-      const state = entry.job ? entry.job.status : "idle";
-      return el("span", { class: "badge", "data-state": state, text: `${name}: ${state.replace("_", " ")}` });
-    });
-    item.append(el("span", { class: "states" }, ...badges));
+    try {
+      const status = await getJson(`/api/projects/${encodeURIComponent(id)}`);
+      const badges = Object.entries(status.agents).map(([name, entry]) => {
+        const state = entry.job ? entry.job.status : "idle";
+        return el("span", { class: "badge", "data-state": state, text: `${name}: ${state.replace("_", " ")}` });
+      });
+      item.append(el("span", { class: "states" }, ...badges));
+    } catch (error) {
+      item.append(el("span", { class: "states error", role: "alert", text: describe(error) }));
+    }
   }
 }
 

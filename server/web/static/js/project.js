@@ -1,12 +1,13 @@
 // The project page: wires the connection, the state and the cards together.
 
 import { authHeaders, authMessage } from "./auth.js";
-import { apply, cursor, initialState } from "./state.js";
+import { ONLINE, OFFLINE_REASON, apply, cursor, initialState } from "./state.js";
 import { Connection } from "./transport.js";
 import { el, ensureCards, updateCard } from "./render.js";
 
 const projectId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
 let state = initialState(projectId);
+let link = ONLINE; // {offline, lastHeardMs}: whether what the page shows is current
 
 const cards = document.getElementById("cards");
 const live = document.getElementById("announcer");
@@ -26,8 +27,19 @@ const connection = new Connection({
     document.body.dataset.connection = status;
     document.body.dataset.transport = transport;
     document.getElementById("connection").textContent = CONNECTION_TEXT[status](transport);
+    if (status === "offline") setOffline(true);
+    else if (status === "live" || status === "fallback") setOffline(false);
   },
 });
+
+function setOffline(offline) {
+  if (link.offline === offline) return;
+  link = { ...link, offline };
+  const banner = document.getElementById("offline");
+  banner.hidden = !offline;
+  banner.textContent = offline ? `${OFFLINE_REASON} Refresh and Cancel come back with the server.` : "";
+  render();
+}
 
 const CONNECTION_TEXT = {
   connecting: (transport) => `Connecting (${transport})…`,
@@ -38,6 +50,7 @@ const CONNECTION_TEXT = {
 };
 
 function onMessage(message) {
+  link = { ...link, lastHeardMs: Date.now() };
   const before = state;
   const { state: next, effects } = apply(state, message);
   state = next;
@@ -50,7 +63,7 @@ function onMessage(message) {
 function render(nowMs = Date.now()) {
   for (const name of Object.keys(state.agents)) {
     const card = cards.querySelector(`[data-agent="${CSS.escape(name)}"]`);
-    if (card) updateCard(card, state, name, nowMs);
+    if (card) updateCard(card, state, name, nowMs, link);
   }
 }
 
@@ -72,16 +85,27 @@ function notify(effect) {
   setTimeout(() => toast.remove(), 8000);
 }
 
+// Every failure a click can meet (no server, an error answer, a body that is not JSON) ends as a
+// visible message, never as an uncaught rejection.
 async function post(name, action) {
-  const response = await fetch(`/api/projects/${encodeURIComponent(projectId)}/agents/${encodeURIComponent(name)}/${action}`, {
-    method: "POST",
-    headers: authHeaders(),
-  });
+  let response;
+  try {
+    response = await fetch(`/api/projects/${encodeURIComponent(projectId)}/agents/${encodeURIComponent(name)}/${action}`, {
+      method: "POST",
+      headers: authHeaders(),
+    });
+  } catch (error) {
+    failed(name, action, `could not reach the server (${error.message}); try again once it is back`);
+    return;
+  }
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
-    const message = body.error?.message ?? `the server answered ${response.status}`;
-    toasts.append(el("div", { class: "toast bad", role: "alert", text: `${name}: ${message}` }));
+    failed(name, action, body.error?.message ?? `the server answered ${response.status}`);
   }
+}
+
+function failed(name, action, message) {
+  toasts.append(el("div", { class: "toast bad", role: "alert", "data-failed": action, text: `${name}: ${message}` }));
 }
 
 function refresh(name) {

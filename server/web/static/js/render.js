@@ -45,15 +45,19 @@ function buildCard(name, handlers) {
   );
 }
 
-export function updateCard(card, state, name, nowMs) {
-  const view = cardView(state, name, nowMs);
+export function updateCard(card, state, name, nowMs, link) {
+  const view = cardView(state, name, nowMs, link);
   const part = (role) => card.querySelector(`[data-role="${role}"]`);
   card.dataset.state = view.status;
+  card.dataset.offline = String(view.offline);
   part("badge").textContent = view.status.replace("_", " ");
   part("elapsed").textContent = view.elapsedText;
-  part("refresh").disabled = !view.canRefresh;
+  for (const [role, enabled] of [["refresh", view.canRefresh], ["cancel", view.canCancel]]) {
+    part(role).disabled = !enabled;
+    if (view.disabledReason) part(role).title = view.disabledReason;
+    else part(role).removeAttribute("title");
+  }
   part("cancel").hidden = !view.active;
-  part("cancel").disabled = !view.canCancel;
   updateProgress(part("progress"), view);
   const error = part("error");
   error.hidden = !view.error || view.status === "completed";

@@ -92,19 +92,29 @@ export function cursor(state) {
   return state.epoch === null ? null : { epoch: state.epoch, after: state.seq };
 }
 
-// What one card shows, from the state alone: the DOM code only copies it over.
-export function cardView(state, name, nowMs = Date.now()) {
+export const ONLINE = Object.freeze({ offline: false, lastHeardMs: null });
+export const OFFLINE_REASON = "Offline: the server cannot be reached; reconnecting…";
+
+// What one card shows, from the state and the link to the server: the DOM code only copies it over.
+// While offline nothing the page knows is current: the timer stops ("Last seen running 9s ago")
+// and the actions are disabled with a reason, until a reconnect brings the truth.
+export function cardView(state, name, nowMs = Date.now(), link = ONLINE) {
   const entry = state.agents[name] ?? { job: null, last_result: null, last_result_at: null };
   const job = entry.job;
   const status = job ? job.status : "idle";
   const progress = job ? state.progress[job.job_id] : undefined;
   const active = ACTIVE.has(status);
+  const offline = link.offline;
   return {
     status,
     active,
-    canRefresh: !active,
-    canCancel: active && !(job && job.cancel_requested),
-    elapsedText: elapsedText(job, nowMs, state.clockOffsetMs),
+    offline,
+    canRefresh: !active && !offline,
+    canCancel: active && !(job && job.cancel_requested) && !offline,
+    disabledReason: offline ? OFFLINE_REASON : null,
+    elapsedText: offline && active
+      ? lastSeenText(status, nowMs - (link.lastHeardMs ?? nowMs))
+      : elapsedText(job, nowMs, state.clockOffsetMs),
     percent: progress?.percent ?? job?.progress?.percent ?? null,
     message: progress?.message ?? job?.progress?.message ?? (status === "queued" ? "waiting for a worker" : null),
     error: job?.error ?? null,
@@ -127,6 +137,10 @@ export function elapsedText(job, nowMs, clockOffsetMs) {
   if (seconds === null) return "";
   const shown = formatDuration(seconds);
   return job.status === "running" ? `Running… ${shown}` : `Took ${shown}`;
+}
+
+export function lastSeenText(status, agoMs) {
+  return `Last seen ${status} ${formatDuration(Math.max(0, agoMs) / 1000)} ago`;
 }
 
 export function formatDuration(seconds) {
