@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -23,11 +24,11 @@ __all__ = ["COMMANDS", "HELP", "add_commands", "build_parser", "main", "run"]
 TRANSPORTS = ("auto", "ws", "sse", "poll")
 
 
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")  # ASCII digits only: float() also takes "١٠", "inf" and "1e3"
+
+
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
+    value = float(text) if _SECONDS.fullmatch(text) else -1.0
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds greater than 0")
     return value

@@ -265,6 +265,7 @@ def test_status_shows_why_a_job_failed(fast: JobcastServer) -> None:
         (["watch", "p", "--agent", "legal"], "no agent named 'legal'"),
         (["watch", "p", "--transport", "pigeon"], "invalid choice: 'pigeon'"),
         (["refresh", "p", "--agent", "quick", "--timeout", "0"], "'0' is not a number of seconds greater than 0"),
+        (["refresh", "p", "--agent", "quick", "--timeout", "١٠"], "'١٠' is not a number of seconds greater than 0"),
         (["status", "p", "--url", "ftp://example.com"], "'ftp://example.com' is not a server URL"),
     ],
 )
