@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents import Cancelled, Context
+from jobcast.agents import Cancelled, Context
 
 
 class Instant:

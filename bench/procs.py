@@ -40,7 +40,7 @@ def server_command(
     if kind == "jobcast":
         agents = ["bench.agents:Instant", "bench.agents:Busy", *PULSE_AGENTS]
         return [
-            sys.executable, "-m", "server", "serve", "--port", str(port), "--store", store,
+            sys.executable, "-m", "jobcast", "serve", "--port", str(port), "--store", store,
             "--log-level", "warning", "--threads", str(workers), "--demo-seconds", str(demo_seconds),
             "--send-buffer", "100000", "--max-connections-per-client", "1000000",
             *[arg for agent in agents for arg in ("--agent", agent)],

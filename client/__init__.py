@@ -2,7 +2,7 @@
 
 ::
 
-    from client import JobcastClient, subscribe
+    from jobcast.client import JobcastClient, subscribe
 
     async with subscribe("http://127.0.0.1:8000", "acme") as events:
         async for message in events:

@@ -1,4 +1,4 @@
-"""The app factory: ``uvicorn server.app:create_app --factory`` or ``jobcast serve``."""
+"""The app factory: ``uvicorn jobcast.server.app:create_app --factory`` or ``jobcast serve``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 from starlette.applications import Starlette
 
-from agents import Agent
+from jobcast.agents import Agent
 
 from . import api, legacy, pages, push
 from .auth import Auth

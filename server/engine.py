@@ -21,7 +21,7 @@ import anyio.lowlevel
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
-from agents import Agent
+from jobcast.agents import Agent
 
 from .context import RunContext
 from .errors import NothingToCancel, QueueFull, StaleJob, StoreUnavailable, UnknownAgent

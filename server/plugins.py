@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from agents import Agent
+from jobcast.agents import Agent
 
 from .errors import ConfigError
 

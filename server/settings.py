@@ -15,7 +15,7 @@ from typing import Any
 from .errors import ConfigError
 from .validation import decimal_number, whole_number
 
-DEFAULT_AGENTS = ("agents.builtin:FinancialAgent", "agents.builtin:PerformanceAgent")
+DEFAULT_AGENTS = ("jobcast.agents.builtin:FinancialAgent", "jobcast.agents.builtin:PerformanceAgent")
 
 
 def _int(text: str) -> int:

@@ -21,7 +21,7 @@ from types import FrameType
 from .errors import ConfigError
 from .settings import Settings
 
-logger = logging.getLogger("jobcast.workers")
+logger = logging.getLogger(__name__)
 
 multiprocessing.allow_connection_pickling()  # lets the listening socket travel to spawned children
 _spawn = multiprocessing.get_context("spawn")
@@ -101,6 +101,6 @@ def _start_child(settings: Settings, listener: socket.socket) -> SpawnProcess:
 def _serve_child(settings: Settings, listener: socket.socket) -> None:
     """One worker: a whole jobcast server on the inherited socket."""
     from .app import create_app
-    from .cli import run_server
+    from .runner import run_server
 
     run_server(create_app(settings), settings, sockets=[listener])

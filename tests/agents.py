@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
-from agents import Cancelled, Context
+from jobcast.agents import Cancelled, Context
 
 
 class GatedAgent:

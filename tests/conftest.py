@@ -13,12 +13,12 @@ import pytest
 from starlette.applications import Starlette
 from starlette.types import Receive, Scope, Send
 
-from agents import Agent
-from server.app import create_app
-from server.engine import Engine
-from server.jobs import Job
-from server.settings import Settings
-from server.store import Store, store_from_url
+from jobcast.agents import Agent
+from jobcast.server.app import create_app
+from jobcast.server.engine import Engine
+from jobcast.server.jobs import Job
+from jobcast.server.settings import Settings
+from jobcast.server.store import Store, store_from_url
 from tests import agents as test_agents
 
 #: Every wait in the suite is a multiple of this, so a slow machine can scale them all.
@@ -108,8 +108,8 @@ ALL_TEST_AGENTS = (
     "tests.agents:SleepyAgent",
     "tests.agents:BigAgent",
     "tests.agents:ChattyAgent",
-    "agents.builtin:FinancialAgent",
-    "agents.builtin:PerformanceAgent",
+    "jobcast.agents.builtin:FinancialAgent",
+    "jobcast.agents.builtin:PerformanceAgent",
 )
 
 

@@ -17,7 +17,7 @@ import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from server.auth import TokenSigner
+from jobcast.server.auth import TokenSigner
 from tests.conftest import WAIT
 
 SECRET = "s3cret-for-tests-only-0123456789"

@@ -19,11 +19,11 @@ import uvicorn
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from server.app import create_app
-from server.cli import graceful_server, uvicorn_config
-from server.engine import Engine
-from server.hub import Hub
-from server.settings import Settings
+from jobcast.server.app import create_app
+from jobcast.server.engine import Engine
+from jobcast.server.hub import Hub
+from jobcast.server.runner import graceful_server, uvicorn_config
+from jobcast.server.settings import Settings
 from tests.conftest import ALL_TEST_AGENTS, WAIT
 
 

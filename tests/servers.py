@@ -45,6 +45,7 @@ class JobcastServer:
         port: int | None = None,
         cwd: Path | None = None,
         nofile: int | None = None,
+        command: Sequence[str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -52,7 +53,7 @@ class JobcastServer:
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         environ = {**os.environ, **(env or {})}
         self.process = subprocess.Popen(
-            [*jobcast_command(), "serve", "--port", str(self.port), *args],
+            [*(command or jobcast_command()), "serve", "--port", str(self.port), *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=environ,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from agents.builtin import financial_figures
+from jobcast.agents.builtin import financial_figures
 from tests.conftest import status_is
 from tests.live import live_server
 

@@ -21,9 +21,9 @@ import httpx
 import pexpect
 import pytest
 
-from agents.builtin import financial_figures, performance_figures
-from client import cli as client_cli
-from client import commands
+from jobcast.agents.builtin import financial_figures, performance_figures
+from jobcast.client import cli as client_cli
+from jobcast.client import commands
 from tests import servers
 from tests.conftest import WAIT
 from tests.servers import JobcastServer, free_port, jobcast_command, jobcast_server
@@ -31,7 +31,7 @@ from tests.servers import JobcastServer, free_port, jobcast_command, jobcast_ser
 TEST_AGENTS = ("Quick", "Failing", "Stubborn", "Sleepy")
 FAST = ["--store", "memory://", "--demo-seconds", "0.8", "--progress-interval", "0.1"]
 FAST += [f"--agent=tests.agents:{name}Agent" for name in TEST_AGENTS]
-FAST += ["--agent=agents.builtin:FinancialAgent", "--agent=agents.builtin:PerformanceAgent"]
+FAST += ["--agent=jobcast.agents.builtin:FinancialAgent", "--agent=jobcast.agents.builtin:PerformanceAgent"]
 SLOW = ["--demo-seconds", "30", "--agent=tests.agents:SleepyAgent", "--agent=tests.agents:QuickAgent"]
 ANSI = re.compile(r"\x1b\[")
 ANSI_SEQUENCE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

@@ -11,7 +11,7 @@ import anyio
 import pytest
 from rich.console import Console
 
-from client import (
+from jobcast.client import (
     Cursor,
     JobcastClient,
     Reconnect,
@@ -21,14 +21,14 @@ from client import (
     Transport,
     subscribe,
 )
-from client import transports as transports_module
-from client.cursor import Tracker
-from client.endpoint import Endpoint
-from client.errors import ConnectFailed, InvalidURL, StreamLost, TransportError, TransportRefused
-from client.exitcodes import ExitCode, for_statuses
-from client.render import View, apply, clean, event_lines, headline, job_line, live_table, status_rows
-from client.settings import server_url
-from client.transports import Connection, PollReader, SseParser
+from jobcast.client import transports as transports_module
+from jobcast.client.cursor import Tracker
+from jobcast.client.endpoint import Endpoint
+from jobcast.client.errors import ConnectFailed, InvalidURL, StreamLost, TransportError, TransportRefused
+from jobcast.client.exitcodes import ExitCode, for_statuses
+from jobcast.client.render import View, apply, clean, event_lines, headline, job_line, live_table, status_rows
+from jobcast.client.settings import server_url
+from jobcast.client.transports import Connection, PollReader, SseParser
 from tests import servers
 from tests.conftest import WAIT
 from tests.servers import JobcastServer, free_port, jobcast_server

@@ -184,7 +184,7 @@ async def test_a_server_restart_mid_job_shows_the_job_interrupted_once(tmp_path:
     buttons are disabled with a reason, and nothing throws; back, the page shows the job failed, notifying once."""
     args = [
         "--store", f"sqlite:///{tmp_path / 'jobs.db'}", "--demo-seconds", "60",
-        "--agent", "tests.agents:SleepyAgent", "--agent", "agents.builtin:FinancialAgent",
+        "--agent", "tests.agents:SleepyAgent", "--agent", "jobcast.agents.builtin:FinancialAgent",
     ]  # fmt: skip
     log = tmp_path / "server.log"
     async with chromium() as browser:
@@ -214,9 +214,7 @@ async def test_a_server_restart_mid_job_shows_the_job_interrupted_once(tmp_path:
             await page.evaluate("window.jobcast.connection.stop()")  # hold the page offline for the next check
             await card(page, "financial").locator("[data-role=refresh]").click(force=True)  # a click that gets through
             await expect(page.locator("[data-role=refresh][disabled]")).to_have_count(2)
-            await page.evaluate(
-                "document.querySelector('[data-agent=financial] [data-role=refresh]').disabled = false"
-            )
+            await page.evaluate("document.querySelector('[data-agent=financial] [data-role=refresh]').disabled = false")
             await card(page, "financial").locator("[data-role=refresh]").click()
             await expect(page.locator(".toast[data-failed=refresh]")).to_contain_text("could not reach the server")
             await page.evaluate("window.jobcast.connection.start()")

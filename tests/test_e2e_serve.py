@@ -15,11 +15,11 @@ from typing import Any
 
 import httpx
 
-from agents.builtin import financial_figures
+from jobcast.agents.builtin import financial_figures
 from tests.conftest import WAIT
 from tests.servers import JobcastServer, free_port, jobcast_command, jobcast_server
 
-AGENTS = ["--agent", "agents.builtin:FinancialAgent", "--agent", "tests.agents:GatedAgent"]
+AGENTS = ["--agent", "jobcast.agents.builtin:FinancialAgent", "--agent", "tests.agents:GatedAgent"]
 
 
 def poll_until(url: str, field: str, values: set[str]) -> dict[str, Any]:
@@ -93,11 +93,11 @@ def test_a_bad_agent_spec_stops_start_up_with_one_line(tmp_path: Path) -> None:
 
 
 def test_the_app_is_an_asgi_factory_for_uvicorn(tmp_path: Path) -> None:
-    """uvicorn server.app:create_app --factory serves the same app, configured by JOBCAST_* variables."""
+    """uvicorn jobcast.server.app:create_app --factory serves the same app, configured by JOBCAST_* variables."""
     port = free_port()
     env = {"JOBCAST_STORE": "memory://", "JOBCAST_AGENTS": "tests.agents:QuickAgent"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "server.app:create_app", "--factory", "--port", str(port)],
+        [sys.executable, "-m", "uvicorn", "jobcast.server.app:create_app", "--factory", "--port", str(port)],
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -201,11 +201,11 @@ async def test_an_outcome_for_a_job_the_store_lost_is_logged_plainly(
         await gate_started()
         with redis.Redis.from_url(redis_server.base_url) as direct:
             direct.delete(*direct.keys(f"{prefix}:*"))  # as if Redis came back empty, for this test's keys only
-        with caplog.at_level(logging.INFO, logger="server.engine"):
+        with caplog.at_level(logging.INFO, logger="jobcast.server.engine"):
             GatedAgent.gate.set()
             with anyio.fail_after(WAIT):
                 while app.engine.busy_threads:  # noqa: ASYNC110 - a counter, released once the outcome is handled
                     await anyio.sleep(0.01)
-    lines = [record.getMessage() for record in caplog.records if record.name == "server.engine"]
+    lines = [record.getMessage() for record in caplog.records if record.name == "jobcast.server.engine"]
     assert f"job {job['job_id']} is gone from the store; discarding its completed outcome" in lines
     assert not any("already None" in line for line in lines)

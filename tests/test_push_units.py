@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from server.cursor import Cursor, Resume, Snapshot, parse_cursor, parse_last_event_id, plan
-from server.hub import Message, Subscription
-from server.push import client_reply, origin_allowed, sse_frame
+from jobcast.server.cursor import Cursor, Resume, Snapshot, parse_cursor, parse_last_event_id, plan
+from jobcast.server.hub import Message, Subscription
+from jobcast.server.push import client_reply, origin_allowed, sse_frame
 
 pytestmark = pytest.mark.anyio
 

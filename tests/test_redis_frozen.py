@@ -11,8 +11,8 @@ import anyio
 import pytest
 import websockets
 
-from server.api import READY_TIMEOUT
-from server.store.redis_store import CALL_DEADLINE
+from jobcast.server.api import READY_TIMEOUT
+from jobcast.server.store.redis_store import CALL_DEADLINE
 from tests.agents import GatedAgent
 from tests.conftest import WAIT
 from tests.live import Live, live_server, receive

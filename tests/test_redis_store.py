@@ -15,10 +15,10 @@ from typing import Any
 import anyio
 import pytest
 
-from server.errors import StaleJob, StoreUnavailable
-from server.jobs import Job, JobError, JobStatus, ProgressUpdate
-from server.store import redacted, store_from_url
-from server.store.redis_store import RedisStore, split_url
+from jobcast.server.errors import StaleJob, StoreUnavailable
+from jobcast.server.jobs import Job, JobError, JobStatus, ProgressUpdate
+from jobcast.server.store import redacted, store_from_url
+from jobcast.server.store.redis_store import RedisStore, split_url
 from tests.conftest import WAIT
 from tests.redis_server import RedisServer, redis_server
 
@@ -58,7 +58,7 @@ def test_the_url_carries_a_key_prefix_and_passwords_stay_out_of_logs() -> None:
 
 def test_a_bad_redis_url_is_a_config_error_without_its_password() -> None:
     """A malformed URL stops start-up with one message, and the password is not in it."""
-    from server.errors import ConfigError
+    from jobcast.server.errors import ConfigError
 
     with pytest.raises(ConfigError) as refused:
         store_from_url("redis://:hunter2-secret@127.0.0.1:63x79/0")
@@ -160,7 +160,7 @@ async def test_redis_down_means_store_unavailable_at_once_and_one_warning(
     async with opened(own_redis.url("outage")) as store:
         await store.create_job(Job.new("p", "x"))
         own_redis.stop()
-        caplog.set_level(logging.WARNING, logger="server.store.redis_store")
+        caplog.set_level(logging.WARNING, logger="jobcast.server.store.redis_store")
         with anyio.fail_after(WAIT):
             for _ in range(5):
                 with pytest.raises(StoreUnavailable):
@@ -212,10 +212,10 @@ async def test_a_missing_redis_py_is_a_clear_config_error(monkeypatch: pytest.Mo
     """Without the redis extra installed, a redis:// store names the extra to install."""
     import sys
 
-    from server.errors import ConfigError
+    from jobcast.server.errors import ConfigError
 
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
-    monkeypatch.delitem(sys.modules, "server.store.redis_store", raising=False)
+    monkeypatch.delitem(sys.modules, "jobcast.server.store.redis_store", raising=False)
     with pytest.raises(ConfigError, match=r"jobcast\[redis\]"):
         store_from_url("redis://127.0.0.1:6379/0")
 
@@ -262,7 +262,7 @@ async def test_redis_out_of_memory_is_an_outage_not_a_crash(own_redis: RedisServ
 
 async def test_another_processs_progress_is_kept_only_while_a_channel_follows_it(redis_server: RedisServer) -> None:
     """The hub keeps remote progress for long-polls while it follows the project, and forgets it when it stops."""
-    from server.hub import Hub
+    from jobcast.server.hub import Hub
 
     url = redis_server.url()
     async with opened(url) as here, opened(url) as elsewhere, anyio.create_task_group() as tasks:

@@ -23,7 +23,7 @@ from tests.conftest import WAIT
 from tests.redis_server import RedisServer, redis_server
 from tests.servers import JobcastServer, jobcast_command, jobcast_server
 
-AGENTS = ["--agent", "agents.builtin:FinancialAgent", "--agent", "tests.agents:FileGatedAgent"]
+AGENTS = ["--agent", "jobcast.agents.builtin:FinancialAgent", "--agent", "tests.agents:FileGatedAgent"]
 LEASE_SECONDS = 1.0
 
 Message = dict[str, Any]
@@ -277,7 +277,7 @@ async def test_the_client_backs_off_and_gives_up_while_the_store_is_down(
     own_redis: RedisServer, tmp_path: Path
 ) -> None:
     """A store_unavailable refusal is a failure to the client: no error messages yielded, backoff grows, it gives up."""
-    from client import Reconnect, ServerUnreachable, subscribe
+    from jobcast.client import Reconnect, ServerUnreachable, subscribe
 
     with jobcast_server(serve_args(own_redis.url("down")), tmp_path / "a.log") as a:
         own_redis.stop()

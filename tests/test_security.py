@@ -23,8 +23,8 @@ import httpx
 import pytest
 import websockets
 
-from client import JobcastClient, ServerRefused, subscribe
-from server.auth import TokenSigner
+from jobcast.client import JobcastClient, ServerRefused, subscribe
+from jobcast.server.auth import TokenSigner
 from tests.conftest import WAIT
 from tests.guarded import SECRET, Answer, Tokens, answer, bearer, receive, ws_answer, ws_connect
 from tests.servers import JobcastServer, jobcast_command, jobcast_server

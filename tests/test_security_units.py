@@ -7,8 +7,8 @@ import urllib.parse
 
 import pytest
 
-from server.auth import OPEN, Auth, TokenSigner, bearer_token, parse_rights, parse_ttl, subprotocol_token
-from server.errors import (
+from jobcast.server.auth import OPEN, Auth, TokenSigner, bearer_token, parse_rights, parse_ttl, subprotocol_token
+from jobcast.server.errors import (
     AuthRequired,
     ConfigError,
     Forbidden,
@@ -17,8 +17,8 @@ from server.errors import (
     TokenExpired,
     TooManyConnections,
 )
-from server.limits import ConnectionCounter, RateLimiter, TokenBucket
-from server.logs import Redactor, ThrottleFloods
+from jobcast.server.limits import ConnectionCounter, RateLimiter, TokenBucket
+from jobcast.server.logs import Redactor, ThrottleFloods
 
 SECRET = "unit-test-secret-0123456789"
 NOW = 1_800_000_000.0

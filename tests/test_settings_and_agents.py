@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from agents.builtin import FinancialAgent, PerformanceAgent, financial_figures, performance_figures
-from server.cli import main
-from server.errors import ConfigError
-from server.plugins import load_agents
-from server.settings import DEFAULT_AGENTS, Settings
+from jobcast.agents.builtin import FinancialAgent, PerformanceAgent, financial_figures, performance_figures
+from jobcast.cli import main
+from jobcast.server.errors import ConfigError
+from jobcast.server.plugins import load_agents
+from jobcast.server.settings import DEFAULT_AGENTS, Settings
 
 
 def test_defaults() -> None:
@@ -102,7 +102,7 @@ def test_agent_names_must_be_unique() -> None:
 
 def test_classes_are_instantiated_and_instances_used_as_they_are() -> None:
     """A class spec is instantiated with no arguments; an instance spec is used directly."""
-    loaded = load_agents(["agents.builtin:FinancialAgent", "tests.agents:instance_agent"])
+    loaded = load_agents(["jobcast.agents.builtin:FinancialAgent", "tests.agents:instance_agent"])
     assert isinstance(loaded["financial"], FinancialAgent)
     assert loaded["instance"].refresh("p", None) == {"from": "instance"}  # type: ignore[arg-type]
 
@@ -143,7 +143,7 @@ def test_builtin_agents_report_named_steps(agent: Any) -> None:
 @pytest.mark.parametrize("agent", [FinancialAgent(), PerformanceAgent()])
 def test_builtin_agents_stop_when_cancelled(agent: Any) -> None:
     """Cancelled after the first step, a built-in agent raises Cancelled instead of finishing."""
-    from agents import Cancelled
+    from jobcast.agents import Cancelled
 
     with pytest.raises(Cancelled):
         agent.refresh("acme", RecordingContext(demo_seconds=30, cancel_after=1))

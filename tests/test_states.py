@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from server.errors import IllegalTransition
-from server.jobs import TRANSITIONS, Job, JobError, JobStatus, check_transition
+from jobcast.server.errors import IllegalTransition
+from jobcast.server.jobs import TRANSITIONS, Job, JobError, JobStatus, check_transition
 
 LEGAL = {
     ("queued", "running"),

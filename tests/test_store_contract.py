@@ -5,9 +5,9 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from server.errors import StaleJob
-from server.jobs import Job, JobError, JobStatus, Progress
-from server.store import Store, store_from_url
+from jobcast.server.errors import StaleJob
+from jobcast.server.jobs import Job, JobError, JobStatus, Progress
+from jobcast.server.store import Store, store_from_url
 
 pytestmark = pytest.mark.anyio
 

@@ -1,0 +1,5 @@
+"""``python -m jobcast``: the ``jobcast`` command."""
+
+from .cli import main
+
+raise SystemExit(main())
