@@ -92,7 +92,7 @@ class Screen:
         if self.notice_text or self.events is None:
             return self.notice_text
         cursor = self.events.cursor
-        return f"over {self.events.transport} · seq {cursor.seq if cursor else 0} · Ctrl-C to stop"
+        return f"over {self.events.transport} · seq {cursor.after if cursor else 0} · Ctrl-C to stop"
 
     def show(self, message: Message, *, print_lines: bool = True) -> None:
         """Fold ``message`` in; print its plain lines unless live or ``--json``."""
@@ -110,7 +110,7 @@ class Screen:
             if self.fell_back:
                 self.notice(f"following over {events.transport}")
             return
-        seq = events.cursor.seq if events.cursor else 0
+        seq = events.cursor.after if events.cursor else 0
         how = f"resumed after seq {seq}" if message["type"] == "welcome" else "re-synced from a snapshot"
         self.notice(f"reconnected over {events.transport}; {how}")
 

@@ -1,8 +1,8 @@
 """The cursor and the de-duplication of transitions: the subscription's core, with no I/O.
 
 A :class:`Tracker` sees every message any transport delivers, in order, and decides
-which reach the caller. It keeps the cursor ``(epoch, seq)`` from snapshots and
-transitions, and drops a transition the caller has already had (``seq`` at or below
+which reach the caller. It keeps the cursor ``(epoch, after)`` from snapshots and
+transitions, and drops a transition the caller has already had (a ``seq`` at or below
 the cursor in the same epoch), which can happen when a stream is replaced mid-flight.
 """
 
@@ -19,13 +19,16 @@ FINAL_STATES = frozenset({"completed", "failed", "cancelled", "timed_out"})
 
 @dataclasses.dataclass(frozen=True)
 class Cursor:
-    """The last transition applied: ``seq`` in the log named ``epoch``."""
+    """The last transition applied: the one numbered ``after`` in the log named ``epoch``.
+
+    ``after`` as the server and the wire call it (``?epoch=E&after=N``): resume after it.
+    """
 
     epoch: str
-    seq: int
+    after: int
 
     def __str__(self) -> str:
-        return f"{self.epoch}:{self.seq}"
+        return f"{self.epoch}:{self.after}"
 
 
 class Tracker:
@@ -50,7 +53,7 @@ class Tracker:
 
     def _transition(self, message: Message) -> bool:
         epoch, seq = str(message["epoch"]), int(message["seq"])
-        if self.cursor is not None and self.cursor.epoch == epoch and seq <= self.cursor.seq:
+        if self.cursor is not None and self.cursor.epoch == epoch and seq <= self.cursor.after:
             return False
         self.cursor = Cursor(epoch, seq)
         return True

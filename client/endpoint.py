@@ -31,7 +31,7 @@ class Endpoint:
 
     def ws(self, project_id: str, cursor: Cursor | None) -> str:
         scheme = "wss" if self.base.startswith("https:") else "ws"
-        query = f"?{urllib.parse.urlencode({'epoch': cursor.epoch, 'after': cursor.seq})}" if cursor else ""
+        query = f"?{urllib.parse.urlencode({'epoch': cursor.epoch, 'after': cursor.after})}" if cursor else ""
         return f"{scheme}{self.base[self.base.index(':') :]}/ws/projects/{quote(project_id)}{query}"
 
 

@@ -232,7 +232,7 @@ async def _poll(conn: Connection, wait: int) -> Message:
     cursor = conn.cursor()
     params: dict[str, str | int] = {"wait": wait}
     if cursor is not None:
-        params.update(epoch=cursor.epoch, after=cursor.seq)
+        params.update(epoch=cursor.epoch, after=cursor.after)
     timeout = httpx.Timeout(conn.open_timeout, read=wait + conn.open_timeout)
     path = conn.endpoint.project(conn.project_id, "/events")
     try:

@@ -62,7 +62,7 @@ def event_message(event: Event) -> Message:
     return Message("job", encode(event.to_dict()), f"{event.epoch}:{event.seq}")
 
 
-class Subscription:
+class Subscriber:
     """One subscriber's outgoing side: direct writes while it keeps up, a bounded queue when not.
 
     While the subscriber is live, has nothing queued and its socket is below the
@@ -201,7 +201,7 @@ class Channel:
         self.store = store
         #: where progress from other processes goes (a shared store brings it with the log)
         self.on_progress = on_progress or self.publish_progress
-        self.subscribers: set[Subscription] = set()
+        self.subscribers: set[Subscriber] = set()
         self.ready = anyio.Event()
         #: told when a job's final event goes out: its progress is no longer news
         self.on_final: Callable[[str, str], None] = lambda project_id, job_id: None
@@ -314,33 +314,33 @@ class Hub:
         return sum(isinstance(sub, _Waiter) for channel in self._channels.values() for sub in channel.subscribers)
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, project_id: str) -> AsyncIterator[Subscription]:
+    async def subscribe(self, project_id: str) -> AsyncIterator[Subscriber]:
         """Join the project's channel; live events queue up from the moment this returns."""
-        subscription = Subscription(self._send_buffer)
+        subscriber = Subscriber(self._send_buffer)
         try:
-            await self.join(project_id, subscription)
-            yield subscription
+            await self.join(project_id, subscriber)
+            yield subscriber
         finally:
-            self.leave(project_id, subscription)
+            self.leave(project_id, subscriber)
 
-    async def join(self, project_id: str, subscription: Subscription) -> None:
+    async def join(self, project_id: str, subscriber: Subscriber) -> None:
         """Like :meth:`subscribe` without a context manager; pair it with :meth:`leave`."""
         channel = self._channels.get(project_id)
         if channel is None:
             channel = self._channels[project_id] = Channel(project_id, self.store, self._deliver_progress)
             channel.on_final = self.job_ended
             self._task_group.start_soon(self._run_channel, channel, name=f"channel {project_id}")
-        channel.subscribers.add(subscription)  # before waiting, so the channel cannot close under us
+        channel.subscribers.add(subscriber)  # before waiting, so the channel cannot close under us
         await channel.ready.wait()
         if channel.failure is not None:
-            self.leave(project_id, subscription)
+            self.leave(project_id, subscriber)
             raise channel.failure
 
-    def leave(self, project_id: str, subscription: Subscription) -> None:
+    def leave(self, project_id: str, subscriber: Subscriber) -> None:
         channel = self._channels.get(project_id)
-        if channel is None or subscription not in channel.subscribers:
+        if channel is None or subscriber not in channel.subscribers:
             return
-        channel.subscribers.discard(subscription)
+        channel.subscribers.discard(subscriber)
         if not channel.subscribers:
             channel.scope.cancel()
             del self._channels[project_id]
@@ -381,17 +381,17 @@ class Hub:
             tasks.cancel_scope.cancel()
         return result
 
-    def new_subscription(self) -> Subscription:
-        return Subscription(self._send_buffer)
+    def new_subscriber(self) -> Subscriber:
+        return Subscriber(self._send_buffer)
 
     def spawn(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Run a connection's helper (a drainer, a close) in the app's task group."""
         self._task_group.start_soon(function, *args)
 
-    def add_latest_progress(self, project_id: str, subscription: Subscription) -> None:
+    def add_latest_progress(self, project_id: str, subscriber: Subscriber) -> None:
         """After a snapshot or resume, hand the subscriber each running job's latest progress."""
         for update in self._latest.get(project_id, {}).values():
-            subscription.push_progress(update.job_id, update.seq, Message("progress", encode(update.to_dict())))
+            subscriber.push_progress(update.job_id, update.seq, Message("progress", encode(update.to_dict())))
 
     def latest_progress(self, project_id: str) -> list[dict[str, Any]]:
         """The latest progress of each running job of the project, for long-poll replies."""
@@ -457,7 +457,7 @@ class Hub:
             self._forget_remote_progress(channel.project_id)
 
 
-class _Waiter(Subscription):
+class _Waiter(Subscriber):
     """Keeps a channel open for a long-poll; it takes no messages, the long-poll reads the store."""
 
     def push_event(self, seq: int, message: Message, job_id: str, final: bool) -> None:

@@ -130,7 +130,7 @@ class ThrottleFloods(logging.Filter):
 
 
 #: the loggers whose own lines ThrottleFloods watches
-FLOOD_LOGGERS = ("uvicorn.error", "jobcast.server.protocol", "jobcast.server.connections")
+FLOOD_LOGGERS = ("uvicorn.error", "jobcast.server.uvicorn_ws", "jobcast.server.connections")
 
 
 def install(secret: str | None, loggers: Iterable[str] = LOGGERS) -> None:

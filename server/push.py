@@ -31,10 +31,10 @@ from .cursor import Cursor, Resume, Snapshot, parse_cursor, parse_last_event_id,
 from .engine import Engine
 from .errors import CloseCode, JobcastError, NoSuchEndpoint, StoreUnavailable
 from .http_errors import log_refusal, refuse_handshake, response_for
-from .hub import FELL_BEHIND, Hub, Message, Subscription, encode, event_message, server_time
+from .hub import FELL_BEHIND, Hub, Message, Subscriber, encode, event_message, server_time
 from .limits import Limits
 from .origins import origin_allowed
-from .protocol import PEER_CLOSED, SEND_NOWAIT
+from .uvicorn_ws import PEER_CLOSED, SEND_NOWAIT
 from .views import agents_state
 
 __all__ = ["ROUTES", "PushConfig", "client_reply", "origin_allowed", "sse_frame"]
@@ -70,7 +70,7 @@ def _services(scope_state: Any) -> _Services:
 
 
 async def opening_messages(
-    services: _Services, project_id: str, cursor: Cursor | None, sub: Subscription
+    services: _Services, project_id: str, cursor: Cursor | None, sub: Subscriber
 ) -> list[Message]:
     """What a subscriber gets first. Live events queued meanwhile are trimmed so none repeats."""
     store = services.engine.store
@@ -84,7 +84,7 @@ async def opening_messages(
     return messages
 
 
-async def _snapshot(services: _Services, project_id: str, reason: str, sub: Subscription) -> Message:
+async def _snapshot(services: _Services, project_id: str, reason: str, sub: Subscriber) -> Message:
     store = services.engine.store
     state = await store.snapshot(project_id, list(services.engine.agents))
     sub.rebase(state.seq)
@@ -102,7 +102,7 @@ async def _snapshot(services: _Services, project_id: str, reason: str, sub: Subs
 
 
 async def _replay(
-    services: _Services, project_id: str, decision: Resume, last_seq: int, sub: Subscription
+    services: _Services, project_id: str, decision: Resume, last_seq: int, sub: Subscriber
 ) -> list[Message]:
     store = services.engine.store
     welcome = {"type": "welcome", "project_id": project_id, "epoch": store.epoch, "seq": last_seq, "recovered": True}
@@ -159,7 +159,7 @@ async def _serve_socket(websocket: WebSocket, services: _Services, grant: Grant,
     # A browser offers "jobcast" beside its token; answer with "jobcast", never with the token.
     offered = websocket.scope.get("subprotocols", [])
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
-    hub, sub = services.hub, services.hub.new_subscription()
+    hub, sub = services.hub, services.hub.new_subscriber()
     try:
         try:
             await hub.join(project_id, sub)
@@ -180,7 +180,7 @@ async def _serve_socket(websocket: WebSocket, services: _Services, grant: Grant,
 
 
 async def _send_opening(
-    websocket: WebSocket, services: _Services, project_id: str, cursor: Cursor | None, sub: Subscription
+    websocket: WebSocket, services: _Services, project_id: str, cursor: Cursor | None, sub: Subscriber
 ) -> bool:
     try:
         for message in await opening_messages(services, project_id, cursor, sub):
@@ -202,14 +202,14 @@ async def _close_unavailable(websocket: WebSocket, exc: StoreUnavailable) -> Non
     await _close(websocket, CloseCode.TRY_AGAIN_LATER, "the store is unavailable; try again shortly")
 
 
-async def _close_ended(websocket: WebSocket, sub: Subscription) -> None:
+async def _close_ended(websocket: WebSocket, sub: Subscriber) -> None:
     """The hub ended the subscriber (it fell behind, or the store started a new epoch): 1013, with the reason."""
     reason = sub.close_reason or FELL_BEHIND
     _log_ended(websocket.scope, sub, reason)
     await _close(websocket, CloseCode.TRY_AGAIN_LATER, reason)
 
 
-def _log_ended(scope: Scope, sub: Subscription, reason: str) -> None:
+def _log_ended(scope: Scope, sub: Subscriber, reason: str) -> None:
     """One line per subscriber closed for falling behind; a new epoch is logged once, by its channel."""
     if reason == FELL_BEHIND:
         kind = "WebSocket" if scope["type"] == "websocket" else "SSE stream"
@@ -222,7 +222,7 @@ def _log_ended(scope: Scope, sub: Subscription, reason: str) -> None:
         )
 
 
-async def _drain(websocket: WebSocket, sub: Subscription) -> None:
+async def _drain(websocket: WebSocket, sub: Subscriber) -> None:
     """Send a laggard's queue in order; once it is empty, go back to direct writes."""
     try:
         while batch := sub.take_batch():
@@ -344,7 +344,7 @@ class EventStream:
             except OSError:
                 pass
 
-    async def _stream(self, send: Send, sub: Subscription, scope: anyio.CancelScope) -> None:
+    async def _stream(self, send: Send, sub: Subscriber, scope: anyio.CancelScope) -> None:
         try:
             opening = await opening_messages(self.services, self.project_id, self.cursor, sub)
             await _send_chunk(send, b"retry: 2000\n\n" + b"".join(sse_frame(m) for m in opening))

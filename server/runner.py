@@ -70,7 +70,7 @@ def uvicorn_config(app: object, settings: Settings, **overrides: Any) -> uvicorn
     import uvicorn
 
     from .connections import ConnectionGuard, GuardedH11Protocol
-    from .protocol import JobcastWebSocketProtocol
+    from .uvicorn_ws import JobcastWebSocketProtocol
 
     guard = ConnectionGuard(settings.header_timeout, settings.max_pending_connections)
     options: dict[str, Any] = {

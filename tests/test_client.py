@@ -347,7 +347,7 @@ async def test_each_transport_delivers_the_snapshot_then_every_transition(
         seen = await until(events, final(started.job["job_id"]))
     statuses = [m["job"]["status"] for m in seen if m["type"] == "job"]
     assert statuses == ["queued", "running", "completed"] and job_seqs(seen) == [1, 2, 3]
-    assert events.cursor is not None and events.cursor.seq == 3
+    assert events.cursor is not None and events.cursor.after == 3
 
 
 @pytest.mark.anyio

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from jobcast.server.cursor import Cursor, Resume, Snapshot, parse_cursor, parse_last_event_id, plan
-from jobcast.server.hub import Message, Subscription
+from jobcast.server.hub import Message, Subscriber
 from jobcast.server.push import client_reply, origin_allowed, sse_frame
 
 pytestmark = pytest.mark.anyio
@@ -71,7 +71,7 @@ def test_sse_frames_carry_the_cursor_on_transitions_only() -> None:
 
 async def test_a_subscription_queues_transitions_and_keeps_only_the_latest_progress() -> None:
     """Transitions come in order and once; progress per job is coalesced to its newest value."""
-    sub = Subscription(limit=10)
+    sub = Subscriber(limit=10)
     sub.push_event(1, Message("job", "a"), "j1", final=False)
     sub.push_event(1, Message("job", "a again"), "j1", final=False)
     sub.push_progress("j1", 1, Message("progress", "10%"))
@@ -82,7 +82,7 @@ async def test_a_subscription_queues_transitions_and_keeps_only_the_latest_progr
 
 async def test_a_final_transition_drops_pending_progress() -> None:
     """Nothing about a job follows its final state, not even queued progress."""
-    sub = Subscription(limit=10)
+    sub = Subscriber(limit=10)
     sub.push_event(1, Message("job", "running"), "j1", final=False)
     sub.push_progress("j1", 1, Message("progress", "50%"))
     sub.push_event(2, Message("job", "completed"), "j1", final=True)
@@ -91,7 +91,7 @@ async def test_a_final_transition_drops_pending_progress() -> None:
 
 async def test_rebase_skips_what_a_snapshot_already_covered() -> None:
     """Live events queued while the snapshot was read are trimmed to those after it."""
-    sub = Subscription(limit=10)
+    sub = Subscriber(limit=10)
     for seq in (4, 5, 6):
         sub.push_event(seq, Message("job", str(seq)), "j", final=False)
     sub.rebase(5)
@@ -100,7 +100,7 @@ async def test_rebase_skips_what_a_snapshot_already_covered() -> None:
 
 def test_overflow_flags_the_subscription() -> None:
     """Past its bound of transitions a subscription is flagged, never grown or blocked."""
-    sub = Subscription(limit=2)
+    sub = Subscriber(limit=2)
     for seq in (1, 2, 3):
         sub.push_event(seq, Message("job", str(seq)), "j", final=False)
     assert sub.overflowed.is_set()
