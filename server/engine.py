@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import math
-import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -23,6 +22,7 @@ from anyio.abc import TaskGroup
 
 from jobcast.agents import Agent
 
+from .backoff import Backoff
 from .context import RunContext
 from .errors import NothingToCancel, QueueFull, StaleJob, StoreUnavailable, UnknownAgent
 from .jobs import Event, Job, JobError, JobStatus, Progress, ProgressUpdate
@@ -417,21 +417,21 @@ class Engine:
 async def retry_while_unavailable(
     function: Callable[..., Awaitable[T]], *args: Any, give_up: float, stop: anyio.Event | None = None
 ) -> T:
-    """Call ``function`` until the store answers, backing off up to 2 s, for at most ``give_up`` seconds.
+    """Call ``function`` until the store answers, with :class:`Backoff`, for at most ``give_up`` seconds.
 
     Raises the last StoreUnavailable once ``give_up`` has passed or ``stop`` is set.
     """
-    delay = 0.1
+    backoff = Backoff()
     deadline = anyio.current_time() + give_up
     while True:
         try:
             return await function(*args)
         except StoreUnavailable:
+            delay = backoff.next_delay()
             if anyio.current_time() + delay > deadline or (stop is not None and stop.is_set()):
                 raise
-            with anyio.move_on_after(delay * random.uniform(0.5, 1.0)):
+            with anyio.move_on_after(delay):
                 await (stop or anyio.Event()).wait()
-            delay = min(delay * 2, 2.0)
 
 
 def call_agent(agent: Agent, project_id: str, ctx: RunContext) -> Outcome:

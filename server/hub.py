@@ -15,13 +15,13 @@ import dataclasses
 import functools
 import json
 import logging
-import random
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
 
+from .backoff import Backoff
 from .errors import StoreUnavailable
 from .jobs import Event, ProgressUpdate, isoformat, now
 from .store import Store
@@ -175,20 +175,6 @@ class Subscriber:
 
 class EpochChanged(Exception):
     """The store's log was replaced (Redis restarted): cursors of the old epoch cannot continue."""
-
-
-class Backoff:
-    """Exponential backoff with jitter, from 0.1 s up to 2 s."""
-
-    def __init__(self) -> None:
-        self.delay = 0.1
-
-    async def sleep(self) -> None:
-        await anyio.sleep(self.delay * random.uniform(0.5, 1.0))
-        self.delay = min(self.delay * 2, 2.0)
-
-    def reset(self) -> None:
-        self.delay = 0.1
 
 
 class Channel:

@@ -40,6 +40,9 @@ class JobStatus(enum.StrEnum):
 
 
 FINAL_STATES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.TIMED_OUT})
+#: The rest. Stores spell both sets in their own languages (SQL, Lua) from these, and the
+#: client and the dashboard keep copies that tests compare with them.
+ACTIVE_STATES = frozenset(JobStatus) - FINAL_STATES
 
 #: Every legal move. ``failed`` is reachable from ``queued`` only for jobs the
 #: server lost (a restart or an expired lease), never from agent code.

@@ -70,6 +70,7 @@ def uvicorn_config(app: object, settings: Settings, **overrides: Any) -> uvicorn
     import uvicorn
 
     from .connections import ConnectionGuard, GuardedH11Protocol
+    from .push import MAX_INBOUND_BYTES
     from .uvicorn_ws import JobcastWebSocketProtocol
 
     guard = ConnectionGuard(settings.header_timeout, settings.max_pending_connections)
@@ -81,7 +82,7 @@ def uvicorn_config(app: object, settings: Settings, **overrides: Any) -> uvicorn
         "ws": JobcastWebSocketProtocol,
         "ws_ping_interval": settings.ping_interval,
         "ws_ping_timeout": settings.ping_timeout,
-        "ws_max_size": 64 * 1024,
+        "ws_max_size": MAX_INBOUND_BYTES,
         "ws_per_message_deflate": settings.ws_compression,
         # SSE streams and long-polls never end by themselves; without a limit uvicorn would wait on them forever.
         "timeout_graceful_shutdown": settings.shutdown_grace,

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Page, Request, WebSocketRoute, expect
 
+from jobcast.server.jobs import ACTIVE_STATES, FINAL_STATES
 from tests.agents import GatedAgent
 from tests.browser import chromium
 from tests.conftest import WAIT
@@ -145,6 +146,18 @@ async def test_the_pure_update_logic() -> None:
         await page.goto(f"{live.url}/")
         failures = await page.evaluate(Path(__file__).with_name("state_cases.js").read_text())
         assert failures == []
+
+
+async def test_the_dashboards_job_states_are_the_servers() -> None:
+    """state.js spells the final and active states in JavaScript: the same sets as server/jobs.py."""
+    async with live_server() as live, chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(f"{live.url}/")
+        final, active = await page.evaluate(
+            "import('/static/js/state.js').then((m) => [[...m.FINAL].sort(), [...m.ACTIVE].sort()])"
+        )
+        assert final == sorted(status.value for status in FINAL_STATES)
+        assert active == sorted(status.value for status in ACTIVE_STATES)
 
 
 async def test_the_home_page_lists_projects_and_opens_one() -> None:

@@ -72,3 +72,12 @@ def test_job_records_round_trip() -> None:
         "job_id", "project_id", "agent", "status", "created_at", "updated_at", "started_at",
         "finished_at", "elapsed_s", "progress", "cancel_requested", "result", "error",
     }  # fmt: skip
+
+
+def test_the_clients_copy_of_the_final_states_is_the_servers() -> None:
+    """jobcast.client keeps its own FINAL_STATES (it imports nothing from the server): it must be the same set."""
+    from jobcast.client.cursor import FINAL_STATES as CLIENT_FINAL
+    from jobcast.server.jobs import ACTIVE_STATES, FINAL_STATES
+
+    assert CLIENT_FINAL == {status.value for status in FINAL_STATES}
+    assert ACTIVE_STATES | FINAL_STATES == set(JobStatus) and not ACTIVE_STATES & FINAL_STATES

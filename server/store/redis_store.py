@@ -34,7 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import StaleJob, StoreUnavailable
-from ..jobs import Event, Job, JobStatus, LastResult, Progress, ProgressUpdate
+from ..jobs import ACTIVE_STATES, Event, Job, JobStatus, LastResult, Progress, ProgressUpdate
 from .base import Follower, LeaseReport, ProjectState, Store, redacted
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,12 @@ _UNAVAILABLE = (
     ClusterDownError,
 )
 
+#: The job states as the Lua scripts see them, spelled from server/jobs.py.
+_STATES = (
+    f"local QUEUED, RUNNING = '{JobStatus.QUEUED.value}', '{JobStatus.RUNNING.value}'\n"
+    "local ACTIVE = {" + ", ".join(sorted(f"['{status.value}'] = true" for status in ACTIVE_STATES)) + "}\n"
+)
+
 _APPEND = """
 local function append(p, project, record, updated_at, maxlen)
   local seq = redis.call('INCR', p .. 'seq:' .. project)
@@ -99,7 +105,7 @@ if active then
   local record = redis.call('HGET', p .. 'job:' .. active, 'record')
   if record then return {'dup', record} end
 end
-redis.call('HSET', p .. 'job:' .. id, 'status', 'queued', 'record', ARGV[5])
+redis.call('HSET', p .. 'job:' .. id, 'status', QUEUED, 'record', ARGV[5])
 redis.call('HSET', p .. 'active:' .. project, agent, id)
 redis.call('SADD', p .. 'active', id)
 redis.call('ZADD', p .. 'hist:' .. project, ARGV[6], id)
@@ -133,7 +139,7 @@ return {'ok', append(p, project, ARGV[7], ARGV[8], ARGV[9]), epoch}
 # ARGV: prefix, job_id, progress
 _SET_PROGRESS = """
 local key = ARGV[1] .. 'job:' .. ARGV[2]
-if redis.call('HGET', key, 'status') == 'running' then redis.call('HSET', key, 'progress', ARGV[3]) end
+if redis.call('HGET', key, 'status') == RUNNING then redis.call('HSET', key, 'progress', ARGV[3]) end
 """
 
 # ARGV: prefix, owner, lease_ms, job ids...; returns {lost ids, ids whose cancel was requested}
@@ -144,7 +150,7 @@ for i = 4, #ARGV do
   local id = ARGV[i]
   local status = redis.call('HGET', p .. 'job:' .. id, 'status')
   local holder = redis.call('GET', p .. 'lease:' .. id)
-  if (status == 'queued' or status == 'running') and (holder == owner or not holder) then
+  if ACTIVE[status] and (holder == owner or not holder) then
     redis.call('SET', p .. 'lease:' .. id, owner, 'PX', ms)
     if redis.call('HGET', p .. 'job:' .. id, 'cancel') == '1' then cancel[#cancel + 1] = id end
   else
@@ -247,7 +253,7 @@ class RedisStore(Store):
             aioredis.ConnectionPool.from_url(self.url, max_connections=_READER_CONNECTIONS, **options)
         )
         self._scripts = {
-            name: self.client.register_script(source)
+            name: self.client.register_script(_STATES + source)
             for name, source in {
                 "create": _CREATE,
                 "update": _UPDATE,

@@ -23,7 +23,7 @@ import anyio
 import anyio.to_thread
 
 from ..errors import ConfigError, StaleJob, StoreUnavailable
-from ..jobs import Event, Job, JobStatus, LastResult, Progress
+from ..jobs import ACTIVE_STATES, Event, Job, JobStatus, LastResult, Progress
 from .base import ProjectState, Store
 from .owner import OwnerLock
 
@@ -31,7 +31,10 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_ACTIVE = "('queued', 'running')"
+#: ``('queued', 'running')``, from the one definition in server/jobs.py
+_ACTIVE = "(" + ", ".join(sorted(f"'{status.value}'" for status in ACTIVE_STATES)) + ")"
+
+RUNNING = JobStatus.RUNNING.value
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -220,7 +223,8 @@ class SQLiteStore(Store):
 
     def _set_progress(self, job_id: str, progress: Progress) -> None:
         self._connection().execute(
-            "UPDATE jobs SET record = json_set(record, '$.progress', json(?)) WHERE job_id = ? AND status = 'running'",
+            "UPDATE jobs SET record = json_set(record, '$.progress', json(?)) "
+            f"WHERE job_id = ? AND status = '{RUNNING}'",
             (json.dumps(progress.to_dict()), job_id),
         )
 
