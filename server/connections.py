@@ -23,6 +23,8 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .uvicorn_ws import CLOSE_GRACE_SECONDS
+
 logger = logging.getLogger(__name__)
 
 _TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
@@ -105,11 +107,16 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.close()
 
     def drop(self) -> None:
-        """Close a connection that never finished its headers."""
+        """Close a connection that never finished its headers; abort it if even the 408 cannot drain."""
         self._headers_arrived()
         if not self.transport.is_closing():
             self.transport.write(_TIMEOUT_RESPONSE)
             self.transport.close()
+            self.loop.call_later(CLOSE_GRACE_SECONDS, self._abort_if_stuck)
+
+    def _abort_if_stuck(self) -> None:
+        if self.transport.get_write_buffer_size() > 0:  # a peer that does not read: let go of it
+            self.transport.abort()
 
     def _await_headers(self) -> None:
         if self._header_timer is None:
