@@ -117,7 +117,7 @@ async def healthz(request: Request) -> JSONResponse:
             "status": "ok",
             "store": engine.store.kind,
             "epoch": engine.store.epoch,
-            "threads": engine.config.threads,
+            "threads": engine.settings.threads,
             "busy_threads": engine.busy_threads,
             "subscribers": request.state.hub.subscriber_count,
             "waiting_polls": request.state.hub.waiting_polls,

@@ -14,16 +14,15 @@ from jobcast.agents import Agent
 
 from . import api, legacy, pages, push
 from .auth import Auth
-from .engine import Engine, EngineConfig
+from .engine import Engine
 from .errors import StoreUnavailable
 from .http_errors import EXCEPTION_HANDLERS
 from .hub import Hub
 from .limits import Limits
 from .origins import origin_middleware
 from .plugins import load_agents
-from .push import PushConfig
 from .settings import Settings
-from .store import Store, store_from_url
+from .store import Store, store_for
 
 logger = logging.getLogger(__name__)
 
@@ -38,22 +37,8 @@ def create_app(
     settings = settings or Settings.from_env()
     agents = agents if agents is not None else load_agents(settings.agents, app_dir=settings.app_dir)
     store = store if store is not None else store_for(settings)
-    config = EngineConfig(
-        threads=settings.threads,
-        max_queued=settings.max_queued,
-        job_timeout=settings.job_timeout,
-        demo_seconds=settings.demo_seconds,
-        progress_interval=settings.progress_interval,
-    )
-    push_config = PushConfig(
-        history=settings.history, allowed_origins=settings.allowed_origins, sse_keepalive=settings.sse_keepalive
-    )
-    auth = Auth.from_secret(settings.secret, require=settings.require_auth)
-    limits = Limits.create(
-        connections_per_client=settings.max_connections_per_client,
-        starts_per_minute=settings.starts_per_minute,
-        messages_per_second=settings.ws_messages_per_second,
-    )
+    auth = Auth.from_settings(settings)
+    limits = Limits.from_settings(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -61,7 +46,7 @@ def create_app(
         try:
             async with anyio.create_task_group() as task_group:
                 hub = Hub(store, task_group, settings.send_buffer)
-                engine = Engine(store, agents, config, task_group, progress_sink=hub)
+                engine = Engine(store, agents, settings, task_group, progress_sink=hub)
                 await _recover(engine)
                 if store.shared:
                     task_group.start_soon(engine.keep_leases, name="leases")
@@ -70,9 +55,9 @@ def create_app(
                     store.kind,
                     store.epoch,
                     ", ".join(agents),
-                    config.threads,
+                    settings.threads,
                 )
-                yield {"engine": engine, "hub": hub, "push": push_config, "auth": auth, "limits": limits}
+                yield {"engine": engine, "hub": hub, "settings": settings, "auth": auth, "limits": limits}
                 await engine.shutdown()
                 task_group.cancel_scope.cancel()
         finally:
@@ -86,10 +71,6 @@ def create_app(
     )
     app.router.redirect_slashes = False  # a 404 in JSON beats a bodyless redirect
     return app
-
-
-def store_for(settings: Settings) -> Store:
-    return store_from_url(settings.store, history=settings.history, lease_seconds=settings.lease_seconds)
 
 
 async def _recover(engine: Engine) -> None:

@@ -22,9 +22,12 @@ import json
 import math
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import AuthRequired, ConfigError, Forbidden, InvalidToken, TokenExpired
+
+if TYPE_CHECKING:
+    from .settings import Settings
 from .validation import PROJECT_ID
 
 RIGHTS = ("read", "run")
@@ -108,6 +111,10 @@ class Auth:
 
     def __init__(self, signer: TokenSigner | None) -> None:
         self.signer = signer
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Auth:
+        return cls.from_secret(settings.secret, require=settings.require_auth)
 
     @classmethod
     def from_secret(cls, secret: str | None, *, require: bool = False) -> Auth:

@@ -69,7 +69,8 @@ def serve(argv: Sequence[str]) -> int:
     """Check everything, then own the store, then the port, and only then start the app and its recovery."""
     try:
         settings = Settings.from_args(argv)
-        from .app import create_app, store_for
+        from .app import create_app
+        from .store import store_for
         from .workers import check_shareable, listen, run_workers
 
         check_shareable(settings)

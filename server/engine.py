@@ -27,6 +27,7 @@ from .context import RunContext
 from .errors import NothingToCancel, QueueFull, StaleJob, StoreUnavailable, UnknownAgent
 from .jobs import Event, Job, JobError, JobStatus, Progress, ProgressUpdate
 from .plugins import agent_timeout
+from .settings import Settings
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -35,16 +36,6 @@ T = TypeVar("T")
 
 #: At most this many progress events (and store writes) per second per job.
 PROGRESS_WRITES_PER_SECOND = 10
-
-
-@dataclasses.dataclass(kw_only=True)
-class EngineConfig:
-    threads: int = 8
-    #: queued jobs this process holds before it refuses more with queue_full
-    max_queued: int = 100
-    job_timeout: float = 600.0
-    demo_seconds: float = 20.0
-    progress_interval: float = 1.0
 
 
 class ProgressSink(Protocol):
@@ -103,19 +94,20 @@ class Engine:
         self,
         store: Store,
         agents: Mapping[str, Agent],
-        config: EngineConfig,
+        settings: Settings,
         task_group: TaskGroup,
         progress_sink: ProgressSink | None = None,
     ) -> None:
         self.store = store
         self._sink: ProgressSink = progress_sink or _NoSink()
         self.agents = agents
-        self.config = config
+        #: threads, max_queued, job_timeout, demo_seconds and progress_interval are the engine's
+        self.settings = settings
         self._task_group = task_group
         # Slots are held from "running" until the thread really returns, even after a
         # timeout, so --threads is a true bound on agent threads.
-        self._slots = anyio.CapacityLimiter(config.threads)
-        self._threads = anyio.CapacityLimiter(config.threads)
+        self._slots = anyio.CapacityLimiter(settings.threads)
+        self._threads = anyio.CapacityLimiter(settings.threads)
         self._runs: dict[str, _Run] = {}
         #: jobs this process accepted and has not finished, queued or running; it holds their leases
         self._owned: set[str] = set()
@@ -131,7 +123,7 @@ class Engine:
             raise UnknownAgent(name) from None
 
     def timeout_for(self, agent: Agent) -> float:
-        return agent_timeout(agent, self.config.job_timeout)
+        return agent_timeout(agent, self.settings.job_timeout)
 
     @property
     def busy_threads(self) -> int:
@@ -144,7 +136,7 @@ class Engine:
     async def start(self, project_id: str, agent_name: str) -> tuple[Job, bool]:
         """Queue a job, or return the one already queued or running (deduplicated)."""
         agent = self.agent(agent_name)
-        if self.queued_here >= self.config.max_queued:
+        if self.queued_here >= self.settings.max_queued:
             return await self._active_or_queue_full(project_id, agent_name)
         job, deduplicated = await self.store.create_job(Job.new(project_id, agent_name))
         if not deduplicated:
@@ -157,7 +149,7 @@ class Engine:
         active = await self.store.latest_job(project_id, agent_name)
         if active is not None and active.status.is_active:
             return active, True
-        raise QueueFull(self.config.max_queued)
+        raise QueueFull(self.settings.max_queued)
 
     async def cancel(self, project_id: str, agent_name: str) -> Job:
         """Cancel a queued job at once; ask a running one to stop at its next check."""
@@ -312,7 +304,7 @@ class Engine:
 
     def _context(self, job: Job) -> RunContext:
         return RunContext(
-            demo_seconds=self.config.demo_seconds,
+            demo_seconds=self.settings.demo_seconds,
             on_report=lambda progress: self._on_report(job.job_id, progress),
             token=anyio.lowlevel.current_token(),
         )
@@ -401,7 +393,7 @@ class Engine:
         """One timer per running job: publish on each report (at most 10 a second) and every interval."""
         written = run.progress
         while not run.final:
-            with anyio.move_on_after(self.config.progress_interval):
+            with anyio.move_on_after(self.settings.progress_interval):
                 await run.progress_changed.wait()
             run.progress_changed = anyio.Event()
             if run.final:

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from .errors import RateLimited, TooManyConnections
 
@@ -19,6 +20,10 @@ Clock = Callable[[], float]
 
 #: buckets kept before full (idle) ones are dropped
 _PRUNE_ABOVE = 10_000
+
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 
 class TokenBucket:
@@ -108,16 +113,10 @@ class Limits:
     clock: Clock = time.monotonic
 
     @classmethod
-    def create(
-        cls,
-        *,
-        connections_per_client: int,
-        starts_per_minute: int,
-        messages_per_second: int,
-        clock: Clock = time.monotonic,
-    ) -> Limits:
-        counter, starts = ConnectionCounter(connections_per_client), RateLimiter(starts_per_minute, clock)
-        return cls(counter, starts, messages_per_second, clock)
+    def from_settings(cls, settings: Settings, clock: Clock = time.monotonic) -> Limits:
+        counter = ConnectionCounter(settings.max_connections_per_client)
+        starts = RateLimiter(settings.starts_per_minute, clock)
+        return cls(counter, starts, settings.ws_messages_per_second, clock)
 
     def message_allowance(self) -> Callable[[], bool]:
         """For one WebSocket: call it per inbound message; False once the client sends too fast.

@@ -34,10 +34,11 @@ from .http_errors import log_refusal, refuse_handshake, response_for
 from .hub import FELL_BEHIND, Hub, Message, Subscriber, encode, event_message, server_time
 from .limits import Limits
 from .origins import origin_allowed
+from .settings import Settings
 from .uvicorn_ws import PEER_CLOSED, SEND_NOWAIT
 from .views import agents_state
 
-__all__ = ["ROUTES", "PushConfig", "client_reply", "origin_allowed", "sse_frame"]
+__all__ = ["ROUTES", "client_reply", "origin_allowed", "sse_frame"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,24 +47,16 @@ MAX_WAIT_SECONDS = 30
 _REPLAY_BATCH = 500
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class PushConfig:
-    history: int = 1000
-    #: informational: server.origins.OriginGuard enforces the allowlist on every route
-    allowed_origins: tuple[str, ...] = ()
-    sse_keepalive: float = 15.0
-
-
 @dataclasses.dataclass(frozen=True)
 class _Services:
     engine: Engine
     hub: Hub
-    config: PushConfig
+    settings: Settings
     limits: Limits
 
 
 def _services(scope_state: Any) -> _Services:
-    return _Services(scope_state.engine, scope_state.hub, scope_state.push, scope_state.limits)
+    return _Services(scope_state.engine, scope_state.hub, scope_state.settings, scope_state.limits)
 
 
 # -- the opening of every stream: snapshot, or welcome plus replay ------------------------
@@ -75,7 +68,7 @@ async def opening_messages(
     """What a subscriber gets first. Live events queued meanwhile are trimmed so none repeats."""
     store = services.engine.store
     last_seq = await store.last_seq(project_id)
-    decision = plan(cursor, epoch=store.epoch, last_seq=last_seq, history=services.config.history)
+    decision = plan(cursor, epoch=store.epoch, last_seq=last_seq, history=services.settings.history)
     if isinstance(decision, Snapshot):
         messages = [await _snapshot(services, project_id, decision.reason, sub)]
     else:
@@ -349,7 +342,7 @@ class EventStream:
             opening = await opening_messages(self.services, self.project_id, self.cursor, sub)
             await _send_chunk(send, b"retry: 2000\n\n" + b"".join(sse_frame(m) for m in opening))
             while True:
-                with anyio.move_on_after(self.services.config.sse_keepalive) as idle:
+                with anyio.move_on_after(self.services.settings.sse_keepalive) as idle:
                     batch = await sub.next_batch()
                 if idle.cancelled_caught:
                     await _send_chunk(send, b": keep-alive\n\n")
@@ -423,7 +416,7 @@ async def _poll(request: Request, services: _Services, project_id: str, wait: in
     store = services.engine.store
     cursor = parse_cursor(request.query_params.get("epoch"), request.query_params.get("after"))
     decision = plan(
-        cursor, epoch=store.epoch, last_seq=await store.last_seq(project_id), history=services.config.history
+        cursor, epoch=store.epoch, last_seq=await store.last_seq(project_id), history=services.settings.history
     )
     if isinstance(decision, Snapshot):
         state = await store.snapshot(project_id, list(services.engine.agents))

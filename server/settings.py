@@ -90,81 +90,60 @@ def _origin_list(text: str) -> tuple[str, ...]:
     return origins
 
 
-@dataclasses.dataclass(frozen=True)
-class _Option:
-    name: str
-    parse: Callable[[str], Any]
-    help: str
-    #: a switch: ``--flag`` on the command line, true/false in the environment
-    flag: bool = False
-
-
-_OPTIONS = (
-    _Option("host", str, "address to bind"),
-    _Option("port", _port, "port to bind (0 picks a free one)"),
-    _Option("store", str, "where jobs live: sqlite:///path.db, redis://host:6379/0 or memory://"),
-    _Option("workers", _positive_int, "server processes; more than 1 needs a redis:// store"),
-    _Option("threads", _positive_int, "agent jobs that run at once in each process"),
-    _Option("lease_seconds", _positive_float, "how long a job's lease lasts unless its process renews it (redis://)"),
-    _Option("job_timeout", _positive_float, "seconds before a job times out, unless its agent sets one"),
-    _Option("demo_seconds", _non_negative_float, "how long the built-in demo agents take"),
-    _Option("log_level", _log_level, "debug, info, warning or error"),
-    _Option("progress_interval", _positive_float, "seconds between progress events of a running job"),
-    _Option("history", _positive_int, "events per project a client can resume from"),
-    _Option("ping_interval", _positive_float, "seconds between WebSocket pings"),
-    _Option("ping_timeout", _positive_float, "seconds to wait for a pong before dropping the peer"),
-    _Option("send_buffer", _positive_int, "transitions queued for one slow subscriber before it is closed"),
-    _Option("sse_keepalive", _positive_float, "seconds between keep-alive comments on an idle SSE stream"),
-    _Option("shutdown_grace", _positive_float, "seconds open streams and long-polls get to finish at shutdown"),
-    _Option("allowed_origins", _origin_list, "comma-separated browser origins allowed besides the server's own"),
-    _Option("secret", str, "signing key for access tokens; without one jobcast runs open"),
-    _Option("require_auth", _boolean, "refuse to start without --secret", flag=True),
-    _Option("max_connections_per_client", _positive_int, "open WebSockets and streams per client address"),
-    _Option("starts_per_minute", _positive_int, "job starts one token may make per minute (with --secret)"),
-    _Option("ws_messages_per_second", _positive_int, "messages a WebSocket client may send per second"),
-    _Option("max_queued", _positive_int, "queued jobs this process holds before refusing with queue_full"),
-    _Option("ws_compression", _boolean, "offer permessage-deflate on WebSockets", flag=True),
-    _Option("app_dir", str, "folder that --agent modules are imported from, before installed packages"),
-    _Option("header_timeout", _positive_float, "seconds a connection has to send a request's headers"),
-    _Option(
-        "max_pending_connections",
-        _non_negative_int,
-        "connections waiting for their request headers before the oldest is closed (0: half the file limit, "
-        "at most 1000)",
-    ),
-)
+def option(default: Any, parse: Callable[[str], Any], help: str, *, flag: bool = False, secret: bool = False) -> Any:
+    """One setting, declared once: its default, how its text parses, its help. The name gives
+    ``--the-name`` and ``JOBCAST_THE_NAME``. ``flag``: a switch (``--flag``; true/false in the
+    environment). ``secret``: never shown, in a repr or a help text."""
+    metadata = {"parse": parse, "help": help, "flag": flag, "secret": secret}
+    return dataclasses.field(default=default, repr=not secret, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    store: str = "sqlite:///jobcast.db"
-    agents: tuple[str, ...] = DEFAULT_AGENTS
-    workers: int = 1
-    threads: int = 8
-    lease_seconds: float = 15.0
-    job_timeout: float = 600.0
-    demo_seconds: float = 20.0
-    log_level: str = "info"
-    progress_interval: float = 1.0
-    history: int = 1000
-    ping_interval: float = 20.0
-    ping_timeout: float = 20.0
-    send_buffer: int = 1000
-    sse_keepalive: float = 15.0
-    shutdown_grace: float = 3.0
-    allowed_origins: tuple[str, ...] = ()
-    secret: str | None = dataclasses.field(default=None, repr=False)
-    require_auth: bool = False
-    max_connections_per_client: int = 50
-    starts_per_minute: int = 30
-    ws_messages_per_second: int = 20
-    max_queued: int = 100
-    ws_compression: bool = False
-    app_dir: str = "."
-    header_timeout: float = 5.0
-    max_pending_connections: int = 0
+    """Every server setting. The engine, the hub, the transports and the stores read theirs from here."""
+
+    host: str = option("127.0.0.1", str, "address to bind")
+    port: int = option(8000, _port, "port to bind (0 picks a free one)")
+    store: str = option(
+        "sqlite:///jobcast.db", str, "where jobs live: sqlite:///path.db, redis://host:6379/0 or memory://"
+    )
+    #: ``--agent`` repeated, or ``JOBCAST_AGENTS`` comma-separated
+    agents: tuple[str, ...] = option(DEFAULT_AGENTS, _agent_list, "agents to load, as module:attribute")
+    workers: int = option(1, _positive_int, "server processes; more than 1 needs a redis:// store")
+    threads: int = option(8, _positive_int, "agent jobs that run at once in each process")
+    lease_seconds: float = option(
+        15.0, _positive_float, "how long a job's lease lasts unless its process renews it (redis://)"
+    )
+    job_timeout: float = option(600.0, _positive_float, "seconds before a job times out, unless its agent sets one")
+    demo_seconds: float = option(20.0, _non_negative_float, "how long the built-in demo agents take")
+    log_level: str = option("info", _log_level, "debug, info, warning or error")
+    progress_interval: float = option(1.0, _positive_float, "seconds between progress events of a running job")
+    history: int = option(1000, _positive_int, "events per project a client can resume from")
+    ping_interval: float = option(20.0, _positive_float, "seconds between WebSocket pings")
+    ping_timeout: float = option(20.0, _positive_float, "seconds to wait for a pong before dropping the peer")
+    send_buffer: int = option(1000, _positive_int, "transitions queued for one slow subscriber before it is closed")
+    sse_keepalive: float = option(15.0, _positive_float, "seconds between keep-alive comments on an idle SSE stream")
+    shutdown_grace: float = option(
+        3.0, _positive_float, "seconds open streams and long-polls get to finish at shutdown"
+    )
+    allowed_origins: tuple[str, ...] = option(
+        (), _origin_list, "comma-separated browser origins allowed besides the server's own"
+    )
+    secret: str | None = option(None, str, "signing key for access tokens; without one jobcast runs open", secret=True)
+    require_auth: bool = option(False, _boolean, "refuse to start without --secret", flag=True)
+    max_connections_per_client: int = option(50, _positive_int, "open WebSockets and streams per client address")
+    starts_per_minute: int = option(30, _positive_int, "job starts one token may make per minute (with --secret)")
+    ws_messages_per_second: int = option(20, _positive_int, "messages a WebSocket client may send per second")
+    max_queued: int = option(100, _positive_int, "queued jobs this process holds before refusing with queue_full")
+    ws_compression: bool = option(False, _boolean, "offer permessage-deflate on WebSockets", flag=True)
+    app_dir: str = option(".", str, "folder that --agent modules are imported from, before installed packages")
+    header_timeout: float = option(5.0, _positive_float, "seconds a connection has to send a request's headers")
+    max_pending_connections: int = option(
+        0,
+        _non_negative_int,
+        "connections waiting for their request headers before the oldest is closed (0: half the file limit, "
+        "at most 1000)",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -188,13 +167,10 @@ def _env_name(option: str) -> str:
 
 def _values_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
-    for option in _OPTIONS:
-        raw = environ.get(_env_name(option.name))
+    for field in dataclasses.fields(Settings):
+        raw = environ.get(_env_name(field.name))
         if raw is not None and raw != "":
-            values[option.name] = _parse_env(option.name, option.parse, raw)
-    agents = environ.get("JOBCAST_AGENTS")
-    if agents:
-        values["agents"] = _agent_list(agents)
+            values[field.name] = _parse_env(field.name, field.metadata["parse"], raw)
     return values
 
 
@@ -216,38 +192,43 @@ def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def build_serve_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """Options of ``jobcast serve``. Defaults are None so that variables can fill them."""
+    """Options of ``jobcast serve``, one per setting. Defaults are None so that variables can fill them."""
     parser = parser or argparse.ArgumentParser(prog="jobcast serve")
-    defaults = Settings()
-    for option in _OPTIONS:
-        flag = "--" + option.name.replace("_", "-")
-        default = getattr(defaults, option.name)
-        if option.flag:
+    for field in dataclasses.fields(Settings):
+        if field.name == "agents":
+            _add_agent_option(parser, field)
+        elif field.metadata["flag"]:
             parser.add_argument(
-                flag,
-                dest=option.name,
+                _flag(field.name),
+                dest=field.name,
                 action="store_const",
                 const=True,
                 default=None,
-                help=f"{option.help} (env {_env_name(option.name)}=true)",
+                help=f"{field.metadata['help']} (env {_env_name(field.name)}=true)",
             )
-            continue
-        if default in ((), None) or option.name == "secret":
-            default = "none"  # never print a secret, even a default one
-        parser.add_argument(
-            flag,
-            dest=option.name,
-            type=_argparse_type(option.parse),
-            default=None,
-            help=f"{option.help} (env {_env_name(option.name)}, default {default})",
-        )
+        else:
+            shown = "none" if field.default in ((), None) or field.metadata["secret"] else field.default
+            parser.add_argument(
+                _flag(field.name),
+                dest=field.name,
+                type=_argparse_type(field.metadata["parse"]),
+                default=None,
+                help=f"{field.metadata['help']} (env {_env_name(field.name)}, default {shown})",
+            )
+    return parser
+
+
+def _add_agent_option(parser: argparse.ArgumentParser, field: dataclasses.Field[Any]) -> None:
     parser.add_argument(
         "--agent",
         dest="agents",
         action="append",
         metavar="MODULE:ATTR",
         default=None,
-        help="load an agent; repeat for more (env JOBCAST_AGENTS, comma-separated; "
+        help=f"load an agent; repeat for more (env {_env_name(field.name)}, comma-separated; "
         "default: the built-in financial and performance agents)",
     )
-    return parser
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")

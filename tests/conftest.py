@@ -18,7 +18,7 @@ from jobcast.server.app import create_app
 from jobcast.server.engine import Engine
 from jobcast.server.jobs import Job
 from jobcast.server.settings import Settings
-from jobcast.server.store import Store, store_from_url
+from jobcast.server.store import Store, store_for
 from tests import agents as test_agents
 
 #: Every wait in the suite is a multiple of this, so a slow machine can scale them all.
@@ -67,7 +67,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[Store]:
-    opened = store_from_url(store_url)
+    opened = store_for(Settings(store=store_url))
     await opened.open()
     yield opened
     await opened.close()

@@ -17,7 +17,8 @@ import pytest
 
 from jobcast.server.errors import StaleJob, StoreUnavailable
 from jobcast.server.jobs import Job, JobError, JobStatus, ProgressUpdate
-from jobcast.server.store import redacted, store_from_url
+from jobcast.server.settings import Settings
+from jobcast.server.store import redacted, store_for
 from jobcast.server.store.redis_store import RedisStore, split_url
 from tests.conftest import WAIT
 from tests.redis_server import RedisServer, redis_server
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.anyio
 
 @contextlib.asynccontextmanager
 async def opened(url: str, lease_seconds: float = 15.0) -> AsyncIterator[RedisStore]:
-    store = store_from_url(url, lease_seconds=lease_seconds)
+    store = store_for(Settings(store=url, lease_seconds=lease_seconds))
     assert isinstance(store, RedisStore)
     await store.open()
     try:
@@ -61,7 +62,7 @@ def test_a_bad_redis_url_is_a_config_error_without_its_password() -> None:
     from jobcast.server.errors import ConfigError
 
     with pytest.raises(ConfigError) as refused:
-        store_from_url("redis://:hunter2-secret@127.0.0.1:63x79/0")
+        store_for(Settings(store="redis://:hunter2-secret@127.0.0.1:63x79/0"))
     assert "hunter2" not in str(refused.value) and ":***@" in str(refused.value)
 
 
@@ -217,7 +218,7 @@ async def test_a_missing_redis_py_is_a_clear_config_error(monkeypatch: pytest.Mo
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
     monkeypatch.delitem(sys.modules, "jobcast.server.store.redis_store", raising=False)
     with pytest.raises(ConfigError, match=r"jobcast\[redis\]"):
-        store_from_url("redis://127.0.0.1:6379/0")
+        store_for(Settings(store="redis://127.0.0.1:6379/0"))
 
 
 async def test_a_follower_returns_when_the_epoch_changes_under_it(redis_server: RedisServer) -> None:

@@ -158,3 +158,17 @@ def test_builtin_results_are_realistic_and_deterministic() -> None:
     performance = performance_figures("acme")
     assert performance == performance_figures("acme")
     assert all({"name", "value", "target", "trend", "met"} <= set(kpi) for kpi in performance["kpis"])
+
+
+def test_every_setting_has_one_option_and_one_variable() -> None:
+    """Each Settings field is declared once and so is both --its-name and JOBCAST_ITS_NAME, with its help."""
+    import dataclasses
+
+    from jobcast.server.settings import build_serve_parser
+
+    options = {action.dest: action for action in build_serve_parser()._actions if action.dest != "help"}
+    for field in dataclasses.fields(Settings):
+        action = options.pop(field.name)
+        flag = "--agent" if field.name == "agents" else "--" + field.name.replace("_", "-")
+        assert action.option_strings == [flag] and f"JOBCAST_{field.name.upper()}" in (action.help or "")
+    assert options == {}

@@ -7,7 +7,8 @@ import pytest
 
 from jobcast.server.errors import StaleJob
 from jobcast.server.jobs import Job, JobError, JobStatus, Progress
-from jobcast.server.store import Store, store_from_url
+from jobcast.server.settings import Settings
+from jobcast.server.store import Store, store_for
 
 pytestmark = pytest.mark.anyio
 
@@ -144,7 +145,7 @@ async def test_waiting_for_events_wakes_on_append(store: Store) -> None:
 async def test_sqlite_keeps_everything_across_reopen(tmp_path: object) -> None:
     """The SQLite store keeps jobs, results, seqs and its epoch when reopened."""
     url = f"sqlite:///{tmp_path}/keep.db"
-    first = store_from_url(url)
+    first = store_for(Settings(store=url))
     await first.open()
     job, _ = await first.create_job(Job.new("p1", "a"))
     running = (await first.update_job(job.transition(JobStatus.RUNNING), JobStatus.QUEUED)).job
@@ -152,7 +153,7 @@ async def test_sqlite_keeps_everything_across_reopen(tmp_path: object) -> None:
     epoch = first.epoch
     await first.close()
 
-    second = store_from_url(url)
+    second = store_for(Settings(store=url))
     await second.open()
     try:
         assert second.epoch == epoch

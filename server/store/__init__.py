@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..errors import ConfigError
 from .base import Follower, LeaseReport, Store, redacted
 
-__all__ = ["Follower", "LeaseReport", "Store", "redacted", "store_from_url"]
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+__all__ = ["Follower", "LeaseReport", "Store", "redacted", "store_for"]
 
 
-def store_from_url(url: str, *, history: int = 1000, lease_seconds: float = 15.0) -> Store:
-    """The store for ``url``. ``history`` is how many events per project it keeps for resumes."""
-    store = _store_for(url)
-    store.history = history
-    store.lease_seconds = lease_seconds
+def store_for(settings: Settings) -> Store:
+    """The store ``settings.store`` names, keeping ``settings.history`` events per project for resumes,
+    with ``settings.lease_seconds`` leases when it is shared."""
+    store = _store_for(settings.store)
+    store.history = settings.history
+    store.lease_seconds = settings.lease_seconds
     return store
 
 

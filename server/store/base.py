@@ -26,10 +26,10 @@ class Store(abc.ABC):
     kind: str
     #: other processes use this store too: jobs carry leases and progress travels through it
     shared = False
-    #: how long a job's lease lasts unless its process renews it (shared stores)
-    lease_seconds = 15.0
-    #: how many events per project a store must keep for resumes (at least)
-    history = 1000
+    #: how long a job's lease lasts unless its process renews it (shared stores); from Settings
+    lease_seconds: float
+    #: how many events per project a store must keep for resumes (at least); from Settings
+    history: int
 
     def __init__(self) -> None:
         self._feed = ChangeFeed()
