@@ -113,6 +113,8 @@ class Engine:
         self._owned: set[str] = set()
         #: set at shutdown: writes waiting for the store stop waiting
         self._stopping = anyio.Event()
+        #: starts a shared store did not answer: the write may land when it comes back
+        self._unconfirmed: dict[str, tuple[Job, Agent]] = {}
 
     # -- what the API calls ----------------------------------------------------
 
@@ -138,11 +140,30 @@ class Engine:
         agent = self.agent(agent_name)
         if self.queued_here >= self.settings.max_queued:
             return await self._active_or_queue_full(project_id, agent_name)
-        job, deduplicated = await self.store.create_job(Job.new(project_id, agent_name))
+        new = Job.new(project_id, agent_name)
+        try:
+            job, deduplicated = await self.store.create_job(new)
+        except StoreUnavailable:
+            if self.store.shared:
+                # Redis may yet run the write it did not answer (it froze with it in hand): find out later.
+                self._unconfirmed[new.job_id] = (new, agent)
+            raise
         if not deduplicated:
-            self._owned.add(job.job_id)
-            self._task_group.start_soon(self._run_guarded, job, agent, name=f"job {job.job_id}")
+            self._adopt(job, agent)
         return job, deduplicated
+
+    def _adopt(self, job: Job, agent: Agent) -> None:
+        self._owned.add(job.job_id)
+        self._task_group.start_soon(self._run_guarded, job, agent, name=f"job {job.job_id}")
+
+    async def _confirm_starts(self) -> None:
+        """Run the jobs whose start was answered 503 but landed after all; forget those that did not."""
+        for job_id, (job, agent) in list(self._unconfirmed.items()):
+            stored = await self.store.get_job(job_id)
+            del self._unconfirmed[job_id]
+            if stored is not None and stored.status is JobStatus.QUEUED:
+                logger.info("job %s of %s/%s was stored after all; running it", job_id, job.project_id, job.agent)
+                self._adopt(stored, agent)
 
     async def _active_or_queue_full(self, project_id: str, agent_name: str) -> tuple[Job, bool]:
         # A start that would be deduplicated costs no queue space, so it still succeeds.
@@ -218,6 +239,7 @@ class Engine:
 
     async def _lease_round(self) -> None:
         await self.store.check_epoch()
+        await self._confirm_starts()
         report = await self.store.renew_leases(sorted(self._owned))
         for job_id in report.lost | report.cancel_requested:
             run = self._runs.get(job_id)

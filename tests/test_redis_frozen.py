@@ -93,3 +93,28 @@ async def test_a_websocket_opened_during_a_freeze_is_told_and_closed_promptly(ow
         async with live.ws("p1") as ws:
             snapshot: dict[str, Any] = await receive(ws)
             assert snapshot["type"] == "snapshot"
+
+
+async def test_a_start_answered_503_that_redis_runs_after_the_freeze_is_run_not_stranded(
+    own_redis: RedisServer,
+) -> None:
+    """Redis froze holding a start it had been sent: the client got 503; when Redis resumes and stores the job,
+    the engine runs it to completion instead of leaving it queued until its lease expires as interrupted."""
+    async with live_server(store=own_redis.url(), lease_seconds=1.0) as live:
+        warm_up = await live.start("warm-up", "quick")  # Redis has the start script loaded, as any running server
+        await wait_until_final(live, warm_up["job_id"])
+        with own_redis.frozen():
+            refused = await live.http.post("/api/projects/p1/agents/quick/refresh", timeout=WAIT * 3)
+        assert refused.status_code == 503
+        with anyio.fail_after(WAIT):
+            while (reply := await live.http.get("/api/projects/p1/agents/quick/job")).status_code != 200:  # noqa: ASYNC110
+                await anyio.sleep(0.05)  # polling as an HTTP client does: the job appears when Redis runs the write
+        job = await wait_until_final(live, reply.json()["job_id"])
+        assert job["status"] == "completed" and job["result"] == {"project": "p1"}, job
+
+
+async def wait_until_final(live: Live, job_id: str) -> dict[str, Any]:
+    with anyio.fail_after(WAIT):
+        while (job := (await live.http.get(f"/api/jobs/{job_id}")).json())["status"] in ("queued", "running"):  # noqa: ASYNC110
+            await anyio.sleep(0.05)  # polling as an HTTP client does
+    return job

@@ -212,6 +212,23 @@ return {
 )
 
 
+class _ShieldedPool(aioredis.BlockingConnectionPool):
+    """A pool whose connections always come back: a deadline that cancels a command must not
+    cancel the release too, or each such cancel would shrink the pool for good."""
+
+    async def release(self, connection: Any) -> None:
+        with anyio.CancelScope(shield=True):
+            await super().release(connection)
+
+
+class _ShieldedReaderPool(aioredis.ConnectionPool):
+    """The same, for the blocking readers' pool."""
+
+    async def release(self, connection: Any) -> None:
+        with anyio.CancelScope(shield=True):
+            await super().release(connection)
+
+
 def split_url(url: str) -> tuple[str, str]:
     """The URL for redis-py and jobcast's key prefix (``?prefix=``, default ``jobcast:``)."""
     parts = urlsplit(url)
@@ -245,12 +262,12 @@ class RedisStore(Store):
         # requests queues instead of failing. Blocking reads (one per project a channel
         # follows) hold their connection for up to a second, so they get a pool of their own.
         # Both typed Any: redis-py's return types cover both decode modes; these decode.
-        commands = aioredis.BlockingConnectionPool.from_url(
+        commands = _ShieldedPool.from_url(
             self.url, max_connections=_COMMAND_CONNECTIONS, timeout=_SOCKET_TIMEOUT, **options
         )
         self.client: Any = aioredis.Redis.from_pool(commands)
         self.readers: Any = aioredis.Redis.from_pool(
-            aioredis.ConnectionPool.from_url(self.url, max_connections=_READER_CONNECTIONS, **options)
+            _ShieldedReaderPool.from_url(self.url, max_connections=_READER_CONNECTIONS, **options)
         )
         self._scripts = {
             name: self.client.register_script(_STATES + source)
@@ -327,9 +344,9 @@ class RedisStore(Store):
             reason = "no answer within its deadline" if isinstance(exc, TimeoutError) else str(exc) or type(exc)
             logger.warning("Redis at %s is unavailable (%s); answering 503 and reconnecting", self.location, reason)
 
-    async def _refresh_epoch(self) -> None:
+    async def _refresh_epoch(self, force: bool = False) -> None:
         async with self._epoch_lock:
-            if self._epoch_checked:
+            if self._epoch_checked and not force:
                 return
             info = await self.client.info("server")
             epoch = await self._scripts["ensure_epoch"](args=[self.prefix, info["run_id"], uuid.uuid4().hex[:12]])
@@ -342,8 +359,8 @@ class RedisStore(Store):
         await self._call(self.client.ping)
 
     async def check_epoch(self) -> str:
-        self._epoch_checked = False
-        await self._call(self.client.ping)
+        # Checked by this caller alone: other calls go on meanwhile instead of queueing for the lock.
+        await self._call(self._refresh_epoch, True)
         return self.epoch
 
     def _adopt_epoch(self, epoch: str) -> None:
