@@ -1,26 +1,22 @@
-"""The HTTP actions (start, cancel, status), and the translation of HTTP errors.
+"""The HTTP actions (start, cancel, status) of :class:`JobcastClient`.
 
 httpx's errors never leave this module: a transport failure becomes
-:class:`ServerUnreachable`, an error answer :class:`ServerRefused`.
+:class:`ServerUnreachable`, an error answer :class:`ServerRefused` (:mod:`.answers`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
-import json
-import os
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
+from .answers import auth_headers, describe, json_object, refusal
 from .endpoint import Endpoint, quote
-from .errors import ProtocolError, ServerRefused, ServerUnreachable
-
-if TYPE_CHECKING:
-    from .subscribe import Subscription
+from .errors import ServerUnreachable
+from .subscribe import Subscription, subscribe
 
 Record = dict[str, Any]
 
@@ -94,8 +90,6 @@ class JobcastClient:
 
     def subscribe(self, project_id: str, **options: Any) -> AbstractAsyncContextManager[Subscription]:
         """:func:`client.subscribe` on this client's server; the same options."""
-        from .subscribe import subscribe
-
         return subscribe(self.endpoint.base, project_id, **{"token": self._token, **options})
 
     async def _request(self, method: str, path: str) -> Record:
@@ -106,40 +100,3 @@ class JobcastClient:
         if response.status_code >= 400:
             raise refusal(response.status_code, response.content, response.reason_phrase)
         return json_object(response.content, f"{method} {path}")
-
-
-def auth_headers(token: str | None) -> dict[str, str]:
-    """The Authorization header for ``token``; none without one."""
-    return {"authorization": f"Bearer {token}"} if token else {}
-
-
-def refusal(status: int, body: bytes, reason: str = "") -> ServerRefused:
-    """The server's JSON error; or, when the body is not one (a proxy's page), a stand-in."""
-    try:
-        error = json.loads(body)["error"]
-        return ServerRefused(str(error["code"]), str(error["message"]), status)
-    except (ValueError, KeyError, TypeError):
-        text = f"HTTP {status} {reason}".strip()
-        return ServerRefused(f"http_{status}", f"{text}, not a jobcast error (a proxy, or not jobcast?)", status)
-
-
-def json_object(body: bytes, what: str) -> Record:
-    try:
-        value = json.loads(body)
-    except ValueError:
-        value = None
-    if not isinstance(value, dict):
-        raise ProtocolError(f"{what} did not answer a JSON object: is this a jobcast server?")
-    return value
-
-
-def describe(error: BaseException) -> str:
-    """A short reason for a network error, for one line: the system's words when there are some."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, httpx.TimeoutException | TimeoutError):
-            return "timed out"
-        if isinstance(seen, OSError) and seen.errno is not None and seen.errno in errno.errorcode:
-            return os.strerror(seen.errno).lower()
-        seen = seen.__cause__ or seen.__context__
-    return str(error).strip() or type(error).__name__

@@ -21,11 +21,11 @@ from typing import Literal
 import anyio
 import httpx
 
+from .answers import auth_headers
 from .backoff import Reconnect
 from .cursor import Cursor, Message, Tracker
 from .endpoint import Endpoint
 from .errors import ConnectFailed, ServerUnreachable, StreamLost, TransportError, TransportRefused
-from .http import auth_headers
 from .transports import OPENERS, Connection
 
 Transport = Literal["auto", "ws", "sse", "poll"]

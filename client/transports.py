@@ -20,10 +20,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.typing import Origin
 
+from .answers import auth_headers, describe, json_object, refusal
 from .cursor import Cursor, Message
 from .endpoint import Endpoint
 from .errors import ConnectFailed, ProtocolError, ServerRefused, StreamLost, TransportRefused
-from .http import auth_headers, describe, json_object, refusal
 
 #: the largest message accepted from the server (results can be big)
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
