@@ -248,3 +248,12 @@ class ProgressUpdate:
             "message": self.message,
             "seq": self.seq,
         }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProjectState:
+    """A project as of one seq: what a snapshot sends."""
+
+    seq: int
+    jobs: dict[str, Job | None]
+    results: dict[str, LastResult]

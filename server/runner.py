@@ -70,8 +70,8 @@ def uvicorn_config(app: object, settings: Settings, **overrides: Any) -> uvicorn
     import uvicorn
 
     from .connections import ConnectionGuard, GuardedH11Protocol
-    from .push import MAX_INBOUND_BYTES
     from .uvicorn_ws import JobcastWebSocketProtocol
+    from .wire import MAX_INBOUND_BYTES
 
     guard = ConnectionGuard(settings.header_timeout, settings.max_pending_connections)
     options: dict[str, Any] = {

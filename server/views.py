@@ -1,12 +1,11 @@
-"""JSON views built from the store, shared by the API, the legacy routes and (later) snapshots."""
+"""JSON views built from the store for the API and the legacy routes; the agents object is :mod:`.wire`'s."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from .engine import Engine
-from .jobs import isoformat
-from .store.base import ProjectState
+from .wire import agents_state
 
 
 async def project_view(engine: Engine, project_id: str) -> dict[str, Any]:
@@ -18,19 +17,6 @@ async def project_view(engine: Engine, project_id: str) -> dict[str, Any]:
         "seq": state.seq,
         "agents": agents_state(state),
     }
-
-
-def agents_state(state: ProjectState) -> dict[str, Any]:
-    """The ``agents`` object of a project status or snapshot."""
-    agents: dict[str, Any] = {}
-    for name, job in state.jobs.items():
-        last = state.results.get(name)
-        agents[name] = {
-            "job": None if job is None else job.to_dict(),
-            "last_result": None if last is None else last.result,
-            "last_result_at": None if last is None else isoformat(last.at),
-        }
-    return agents
 
 
 def agents_view(engine: Engine) -> list[dict[str, Any]]:

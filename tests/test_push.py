@@ -15,7 +15,7 @@ import httpx
 import pytest
 import websockets
 
-from jobcast.server.hub import Message
+from jobcast.server.wire import Message
 from tests.agents import GatedAgent, StubbornAgent
 from tests.conftest import WAIT
 from tests.live import Live, live_server, receive, receive_until

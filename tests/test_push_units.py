@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from jobcast.server.channel import Subscriber
 from jobcast.server.cursor import Cursor, Resume, Snapshot, parse_cursor, parse_last_event_id, plan
-from jobcast.server.hub import Message, Subscriber
-from jobcast.server.push import client_reply, origin_allowed, sse_frame
+from jobcast.server.origins import origin_allowed
+from jobcast.server.wire import Message, client_reply, sse_frame
 
 pytestmark = pytest.mark.anyio
 

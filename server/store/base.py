@@ -16,7 +16,7 @@ from collections.abc import Collection, Sequence
 
 import anyio
 
-from ..jobs import Event, Job, JobStatus, LastResult, Progress, ProgressUpdate
+from ..jobs import Event, Job, JobStatus, LastResult, Progress, ProgressUpdate, ProjectState
 
 
 class Store(abc.ABC):
@@ -165,15 +165,6 @@ class LeaseReport:
     lost: set[str] = dataclasses.field(default_factory=set)
     #: jobs this process runs whose cancel was requested through another process
     cancel_requested: set[str] = dataclasses.field(default_factory=set)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ProjectState:
-    """A project as of one seq: what a snapshot sends."""
-
-    seq: int
-    jobs: dict[str, Job | None]
-    results: dict[str, LastResult]
 
 
 class ChangeFeed:

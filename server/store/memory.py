@@ -7,8 +7,8 @@ import uuid
 from collections.abc import Sequence
 
 from ..errors import StaleJob
-from ..jobs import Event, Job, JobStatus, LastResult, Progress
-from .base import ProjectState, Store, newest_first
+from ..jobs import Event, Job, JobStatus, LastResult, Progress, ProjectState
+from .base import Store, newest_first
 
 
 class MemoryStore(Store):

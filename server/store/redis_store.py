@@ -34,8 +34,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import StaleJob, StoreUnavailable
-from ..jobs import ACTIVE_STATES, Event, Job, JobStatus, LastResult, Progress, ProgressUpdate
-from .base import Follower, LeaseReport, ProjectState, Store, redacted
+from ..jobs import ACTIVE_STATES, Event, Job, JobStatus, LastResult, Progress, ProgressUpdate, ProjectState
+from .base import Follower, LeaseReport, Store, redacted
 
 logger = logging.getLogger(__name__)
 

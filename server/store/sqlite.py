@@ -23,8 +23,8 @@ import anyio
 import anyio.to_thread
 
 from ..errors import ConfigError, StaleJob, StoreUnavailable
-from ..jobs import ACTIVE_STATES, Event, Job, JobStatus, LastResult, Progress
-from .base import ProjectState, Store
+from ..jobs import ACTIVE_STATES, Event, Job, JobStatus, LastResult, Progress, ProjectState
+from .base import Store
 from .owner import OwnerLock
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,236 @@
+"""One project's fan-out in this process: its :class:`Channel`, and each subscriber's outgoing side.
+
+The channel's reader follows the store's event log and pushes each event, encoded once,
+into every subscriber's bounded queue without awaiting any socket. Progress is
+latest-value: each subscriber keeps only the newest progress per job. A subscriber
+whose queue of transitions overflows is ended, and its transport closes it; the client
+resumes from its cursor and loses nothing. The hub (:mod:`.hub`) keeps the channels.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+import anyio
+
+from .backoff import Backoff
+from .errors import StoreUnavailable
+from .jobs import Event, ProgressUpdate
+from .store import Store
+from .wire import FELL_BEHIND, Message, job_message, progress_message
+
+#: How many finished job ids a channel remembers, to drop progress that races a final state.
+_FINISHED_MEMORY = 1024
+_READ_BATCH = 500
+
+
+class Subscriber:
+    """One subscriber's outgoing side: direct writes while it keeps up, a bounded queue when not.
+
+    While the subscriber is live, has nothing queued and its socket is below the
+    high-water mark, a message goes straight to ``writer`` (no task, no await). Otherwise
+    transitions queue, up to ``limit``, and progress keeps only its newest value per job;
+    ``on_backlog`` asks the transport to start draining. Past the bound, ``overflowed`` is
+    set and ``on_overflow`` asks the transport to close.
+    """
+
+    # One per connection, 10k at a time: slots, and events made only when someone waits.
+    __slots__ = (
+        "limit", "last_seq", "writer", "on_backlog", "on_overflow", "holding", "close_reason",
+        "_transitions", "_progress", "_wake", "_overflowed",
+    )  # fmt: skip
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.last_seq = 0
+        self.writer: Callable[[bytes], bool] | None = None
+        self.on_backlog: Callable[[], object] | None = None
+        self.on_overflow: Callable[[], object] | None = None
+        #: true until the transport has sent the opening messages, and while it drains
+        self.holding = True
+        #: set when the subscriber must be closed: one of FELL_BEHIND, NEW_EPOCH, CHANNEL_FAILED
+        self.close_reason: str | None = None
+        self._transitions: collections.deque[tuple[int, Message]] = collections.deque()
+        self._progress: dict[str, tuple[int, Message]] = {}
+        self._wake: anyio.Event | None = None
+        self._overflowed: anyio.Event | None = None
+
+    @property
+    def overflowed(self) -> anyio.Event:
+        if self._overflowed is None:
+            self._overflowed = anyio.Event()
+        return self._overflowed
+
+    def _set_wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def push_event(self, seq: int, message: Message, job_id: str, final: bool) -> None:
+        if seq <= self.last_seq or self._is_overflowed():
+            return
+        self.last_seq = seq
+        if final:
+            self._progress.pop(job_id, None)
+        if self._write_now(message):
+            return
+        if len(self._transitions) >= self.limit:
+            self.end(FELL_BEHIND)
+            return
+        self._transitions.append((seq, message))
+        self._backlogged()
+
+    def push_progress(self, job_id: str, seq: int, message: Message) -> None:
+        # Progress about a transition this subscriber has not been given yet is dropped;
+        # the job's next tick brings it once the transition is through.
+        if seq > self.last_seq or self._is_overflowed() or self._write_now(message):
+            return
+        self._progress[job_id] = (seq, message)
+        self._backlogged()
+
+    def _write_now(self, message: Message) -> bool:
+        if self.holding or self.writer is None or self._transitions or self._progress:
+            return False
+        return self.writer(message.data)
+
+    def _is_overflowed(self) -> bool:
+        return self._overflowed is not None and self._overflowed.is_set()
+
+    def _backlogged(self) -> None:
+        self._set_wake()
+        if self.on_backlog is not None and not self.holding:
+            self.holding = True  # the drainer owns the order until the queue is empty
+            self.on_backlog()
+
+    def end(self, reason: str) -> None:
+        """Ask the transport to close this subscriber, saying why; the client resumes from its cursor."""
+        self.close_reason = reason
+        self.overflowed.set()
+        self._set_wake()
+        if self.on_overflow is not None:
+            self.on_overflow()
+
+    def rebase(self, seq: int) -> None:
+        """The subscriber already has everything up to ``seq`` (from a snapshot or replay)."""
+        while self._transitions and self._transitions[0][0] <= seq:
+            self._transitions.popleft()
+        self.last_seq = max(self.last_seq, seq)
+
+    def take_batch(self) -> list[Message]:
+        """Everything queued: transitions first, in order, then the newest progress per job."""
+        batch = [message for _, message in self._transitions]
+        batch.extend(message for _, message in self._progress.values())
+        self._transitions.clear()
+        self._progress.clear()
+        return batch
+
+    async def next_batch(self) -> list[Message]:
+        """Wait for something queued (for transports that drain in a loop, like SSE)."""
+        while not (self._transitions or self._progress or self._is_overflowed()):
+            self._wake = anyio.Event()
+            await self._wake.wait()
+        return self.take_batch()
+
+    def release(self) -> None:
+        """The transport has sent everything it took; direct writes may resume."""
+        self.holding = False
+
+
+class EpochChanged(Exception):
+    """The store's log was replaced (Redis restarted): cursors of the old epoch cannot continue."""
+
+
+class Channel:
+    """A project's fan-out in this process. Lives while it has subscribers."""
+
+    def __init__(
+        self, project_id: str, store: Store, on_progress: Callable[[ProgressUpdate], None] | None = None
+    ) -> None:
+        self.project_id = project_id
+        self.store = store
+        #: where progress from other processes goes (a shared store brings it with the log)
+        self.on_progress = on_progress or self.publish_progress
+        self.subscribers: set[Subscriber] = set()
+        self.ready = anyio.Event()
+        #: told when a job's final event goes out: its progress is no longer news
+        self.on_final: Callable[[str, str], None] = lambda project_id, job_id: None
+        #: why the channel could not start; its subscribers get the error
+        self.failure: StoreUnavailable | None = None
+        self.ended = False
+        self.cursor = 0
+        self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._advanced: anyio.Event | None = None
+        self.scope = anyio.CancelScope()
+
+    async def run(self) -> None:
+        try:
+            await self._follow()
+        finally:
+            self.ended = True
+            self._wake_waiters()
+
+    async def _follow(self) -> None:
+        with self.scope:
+            try:
+                self.cursor = await self.store.last_seq(self.project_id)
+            except StoreUnavailable as exc:
+                self.failure = exc
+                return
+            finally:
+                self.ready.set()
+            epoch = self.store.epoch
+            follower = self.store.follower(self.project_id)
+            backoff = Backoff()
+            while True:
+                try:
+                    events, progress = await follower.next(self.cursor, _READ_BATCH)
+                except StoreUnavailable:
+                    await backoff.sleep()  # the store logged the outage once; pick up where we left off
+                    continue
+                backoff.reset()
+                if self.store.epoch != epoch:
+                    raise EpochChanged(f"the store started epoch {self.store.epoch} (was {epoch})")
+                for event in events:
+                    self._fan_out(event)
+                if events:
+                    self._wake_waiters()
+                for update in progress:
+                    self.on_progress(update)
+
+    def _wake_waiters(self) -> None:
+        if self._advanced is not None:
+            self._advanced.set()
+            self._advanced = None
+
+    async def wait_past(self, after: int) -> bool:
+        """Wait until this channel has fanned out an event past ``after``; False if it ends first."""
+        while self.cursor <= after and not self.ended:
+            if self._advanced is None:
+                self._advanced = anyio.Event()
+            await self._advanced.wait()
+        return self.cursor > after
+
+    def finished(self, job_id: str) -> bool:
+        return job_id in self._finished
+
+    def _fan_out(self, event: Event) -> None:
+        message = job_message(event)  # encoded once for every subscriber
+        final = event.job.status.is_final
+        if final:
+            self._remember_finished(event.job.job_id)
+            self.on_final(self.project_id, event.job.job_id)
+        for subscriber in self.subscribers:
+            subscriber.push_event(event.seq, message, event.job.job_id, final)
+        self.cursor = event.seq
+
+    def _remember_finished(self, job_id: str) -> None:
+        self._finished[job_id] = None
+        if len(self._finished) > _FINISHED_MEMORY:
+            self._finished.popitem(last=False)
+
+    def publish_progress(self, update: ProgressUpdate) -> None:
+        if self.finished(update.job_id):
+            return  # nothing about a job follows its final state
+        message = progress_message(update)
+        for subscriber in self.subscribers:
+            subscriber.push_progress(update.job_id, update.seq, message)

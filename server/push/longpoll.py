@@ -1,0 +1,51 @@
+"""The long-poll transport: one JSON answer per request, waiting up to ``wait`` seconds for news; I/O only."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from .. import access, validation
+from ..cursor import Snapshot, parse_cursor, plan
+from ..wire import poll_events as events_reply
+from ..wire import poll_snapshot
+from .streams import REPLAY_BATCH, Services, services_of
+
+MAX_WAIT_SECONDS = 30
+
+
+async def poll_events(request: Request) -> JSONResponse:
+    """A long-poll holds a connection like a stream, so it counts against the client's limit."""
+    grant, project_id = access.project_access(request, "read")
+    services = services_of(request.state)
+    wait = validation.bounded_int("wait", request.query_params.get("wait"), default=25, low=0, high=MAX_WAIT_SECONDS)
+    seconds_left = grant.seconds_left(time.time())
+    if seconds_left is not None:  # never answer with what happened after the token expired
+        wait = min(wait, math.floor(seconds_left))
+    with services.limits.connections.hold(access.client_address(request)):
+        return await _poll(request, services, project_id, wait)
+
+
+async def _poll(request: Request, services: Services, project_id: str, wait: int) -> JSONResponse:
+    store = services.engine.store
+    cursor = parse_cursor(request.query_params.get("epoch"), request.query_params.get("after"))
+    decision = plan(
+        cursor, epoch=store.epoch, last_seq=await store.last_seq(project_id), history=services.settings.history
+    )
+    if isinstance(decision, Snapshot):
+        state = await store.snapshot(project_id, list(services.engine.agents))
+        body = poll_snapshot(project_id, store.epoch, state, decision.reason)
+    else:
+        events = await store.events_after(project_id, decision.after, REPLAY_BATCH)
+        if (
+            not events
+            and wait
+            and await services.hub.unless_closing(services.hub.wait_for_events(project_id, decision.after, wait), False)
+        ):
+            events = await store.events_after(project_id, decision.after, REPLAY_BATCH)
+        body = events_reply(store.epoch, decision.after, events)
+    body["progress"] = [p for p in services.hub.latest_progress(project_id) if p["seq"] <= body["seq"]]
+    return JSONResponse(body)
