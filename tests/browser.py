@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from playwright.async_api import Browser, async_playwright
 
-from tests.conftest import require_program
+from tests.support import require_program
 
 CHROMIUM = os.environ.get("JOBCAST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 from starlette.applications import Starlette
@@ -20,18 +18,7 @@ from jobcast.server.jobs import Job
 from jobcast.server.settings import Settings
 from jobcast.server.store import Store, store_for
 from tests import agents as test_agents
-
-#: Every wait in the suite is a multiple of this, so a slow machine can scale them all.
-WAIT = 10.0 * float(os.environ.get("JOBCAST_TEST_WAIT_SCALE", "1"))
-
-
-def require_program(path: str, missing: str) -> None:
-    """A program the tests drive (Chromium, redis-server): in CI its absence fails the run, elsewhere it skips."""
-    if os.path.exists(path):
-        return
-    if os.environ.get("CI"):
-        pytest.fail(missing)
-    pytest.skip(missing)
+from tests.support import ALL_TEST_AGENTS, wait_for_job
 
 
 @pytest.fixture
@@ -82,35 +69,6 @@ class Running:
 
     async def wait_for(self, job_id: str, condition: Callable[[Job], bool]) -> Job:
         return await wait_for_job(self.engine.store, job_id, condition)
-
-
-async def wait_for_job(store: Store, job_id: str, condition: Callable[[Job], bool]) -> Job:
-    """Wait, on the store's change feed, until the job's record satisfies ``condition``."""
-    with anyio.fail_after(WAIT):
-        while True:
-            job = await store.get_job(job_id)
-            assert job is not None, f"no job {job_id}"
-            if condition(job):
-                return job
-            await store.wait_for_events(job.project_id, await store.last_seq(job.project_id), WAIT)
-
-
-def status_is(*statuses: str) -> Callable[[Job], bool]:
-    return lambda job: job.status.value in statuses
-
-
-ALL_TEST_AGENTS = (
-    "tests.agents:GatedAgent",
-    "tests.agents:StubbornAgent",
-    "tests.agents:FailingAgent",
-    "tests.agents:BadResultAgent",
-    "tests.agents:QuickAgent",
-    "tests.agents:SleepyAgent",
-    "tests.agents:BigAgent",
-    "tests.agents:ChattyAgent",
-    "jobcast.agents.builtin:FinancialAgent",
-    "jobcast.agents.builtin:PerformanceAgent",
-)
 
 
 @contextlib.asynccontextmanager

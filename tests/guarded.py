@@ -18,7 +18,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from jobcast.server.auth import TokenSigner
-from tests.conftest import WAIT
+from tests.support import WAIT
 
 SECRET = "s3cret-for-tests-only-0123456789"
 OTHER_SECRET = "another-secret-entirely-9876543210"

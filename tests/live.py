@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,7 +23,7 @@ from jobcast.server.engine import Engine
 from jobcast.server.hub import Hub
 from jobcast.server.runner import graceful_server, uvicorn_config
 from jobcast.server.settings import Settings
-from tests.conftest import ALL_TEST_AGENTS, WAIT
+from tests.support import ALL_TEST_AGENTS, WAIT, eventually_async
 
 
 @dataclasses.dataclass
@@ -56,25 +55,7 @@ class Live:
 
     async def wait_until(self, condition: Any) -> None:
         """Wait for an in-process condition that has no event of its own (a counter)."""
-        with anyio.fail_after(WAIT):
-            while not condition():  # noqa: ASYNC110 - polling a counter, no event exists
-                await anyio.sleep(0.01)
-
-
-async def receive(connection: ClientConnection) -> dict[str, Any]:
-    with anyio.fail_after(WAIT):
-        message: dict[str, Any] = json.loads(await connection.recv())
-        return message
-
-
-async def receive_until(connection: ClientConnection, predicate: Any) -> list[dict[str, Any]]:
-    """Every message up to and including the first that satisfies ``predicate``."""
-    seen = []
-    while True:
-        message = await receive(connection)
-        seen.append(message)
-        if predicate(message):
-            return seen
+        await eventually_async(condition)
 
 
 @contextlib.asynccontextmanager
@@ -102,9 +83,7 @@ async def live_server(**overrides: Any) -> AsyncIterator[Live]:
 async def _serving(server: uvicorn.Server, sock: socket.socket) -> AsyncIterator[dict[str, Any]]:
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(server.serve, [sock])
-        with anyio.fail_after(WAIT):
-            while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
-                await anyio.sleep(0.01)
+        await eventually_async(lambda: server.started, what="uvicorn started")  # a flag, not an event
         try:
             yield server.lifespan.state  # type: ignore[attr-defined]
         finally:

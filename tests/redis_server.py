@@ -18,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from tests.conftest import WAIT, require_program
+from tests.support import WAIT, require_program
 
 REDIS_SERVER = os.environ.get("JOBCAST_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
 

@@ -10,13 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import WAIT
+from tests.support import WAIT, eventually
 
 
 def free_port() -> int:
@@ -67,17 +66,15 @@ class JobcastServer:
         return self.log_path.read_text()
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"jobcast exited with {self.process.returncode}:\n{self.log}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"jobcast did not become ready:\n{self.log}")
+        eventually(self._ready, what=f"jobcast on port {self.port} ready")
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"jobcast exited with {self.process.returncode}:\n{self.log}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False  # its port is about to open
 
     def kill(self) -> None:
         """Die like a crash: SIGKILL, no shutdown code runs."""

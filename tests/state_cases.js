@@ -1,10 +1,10 @@
-// Cases for the dashboard's pure logic, evaluated in the page by test_dashboard.py.
-// Returns the list of failures (empty when every case holds).
+// Cases for the dashboard's pure logic, evaluated in the page by test_dashboard.py, which reports
+// each check("name", ...) as its own test. Returns every check's {name, ok, detail}.
 (async () => {
   const { apply, cardView, cursor, initialState, elapsedText, OFFLINE_REASON } = await import("/static/js/state.js");
   const { backoffMs, pollMessages } = await import("/static/js/transport.js");
-  const failures = [];
-  const check = (name, ok, detail = "") => { if (!ok) failures.push(`${name} ${detail}`); };
+  const results = [];
+  const check = (name, ok, detail = "") => { results.push({ name, ok: Boolean(ok), detail: String(detail) }); };
 
   const job = (id, status, extra = {}) => ({
     job_id: id, project_id: "p", agent: "a", status, created_at: "2026-01-01T00:00:00.000Z",
@@ -66,5 +66,5 @@
   check("a long-poll reply becomes welcome plus events", fromPoll.length === 2 && fromPoll[0].type === "welcome" && fromPoll[1].seq === 7);
   const pollSnapshot = pollMessages({ epoch: "e1", seq: 7, recovered: false, snapshot: { project_id: "p", agents: {}, server_time: "x" }, events: [], progress: [] });
   check("a long-poll snapshot becomes a snapshot message", pollSnapshot[0].type === "snapshot" && pollSnapshot[0].seq === 7);
-  return failures;
+  return results;
 })()

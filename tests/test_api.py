@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from jobcast.agents.builtin import financial_figures
-from tests.conftest import status_is
 from tests.live import live_server
+from tests.support import status_is
 
 pytestmark = pytest.mark.anyio
 

@@ -25,8 +25,8 @@ from jobcast.agents.builtin import financial_figures, performance_figures
 from jobcast.client import cli as client_cli
 from jobcast.client import commands
 from tests import servers
-from tests.conftest import WAIT
 from tests.servers import JobcastServer, free_port, jobcast_command, jobcast_server
+from tests.support import WAIT
 
 TEST_AGENTS = ("Quick", "Failing", "Stubborn", "Sleepy")
 FAST = ["--store", "memory://", "--demo-seconds", "0.8", "--progress-interval", "0.1"]

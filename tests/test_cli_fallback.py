@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import WAIT
 from tests.servers import JobcastServer, jobcast_server
+from tests.support import WAIT
 from tests.test_cli import jobcast, records
 
 REFUSAL = b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/html\r\nContent-Length: 13\r\nConnection: close\r\n\r\n"

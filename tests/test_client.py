@@ -30,8 +30,8 @@ from jobcast.client.render import View, apply, clean, event_lines, headline, job
 from jobcast.client.settings import server_url
 from jobcast.client.transports import Connection, PollReader, SseParser
 from tests import servers
-from tests.conftest import WAIT
 from tests.servers import JobcastServer, free_port, jobcast_server
+from tests.support import WAIT
 
 TINY = Reconnect(initial=0.01, maximum=0.05, give_up_after=WAIT)
 AGENTS = [

@@ -22,8 +22,8 @@ import httpx
 import pytest
 import websockets
 
-from tests.conftest import WAIT
 from tests.servers import JobcastServer, jobcast_server
+from tests.support import WAIT
 
 pytestmark = pytest.mark.anyio
 

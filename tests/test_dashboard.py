@@ -6,15 +6,16 @@ import re
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from playwright.async_api import Page, Request, WebSocketRoute, expect
 
 from jobcast.server.jobs import ACTIVE_STATES, FINAL_STATES
 from tests.agents import GatedAgent
 from tests.browser import chromium
-from tests.conftest import WAIT
 from tests.live import Live, live_server
 from tests.servers import jobcast_server
+from tests.support import WAIT
 
 pytestmark = pytest.mark.anyio
 
@@ -139,13 +140,32 @@ async def test_with_websockets_blocked_the_page_falls_back_and_follows_a_job() -
         await follow_a_gated_job(page)
 
 
-async def test_the_pure_update_logic() -> None:
-    """state.js applies snapshots, transitions and progress exactly once each, in the browser's own JS engine."""
-    async with live_server() as live, chromium() as browser:
-        page = await browser.new_page()
-        await page.goto(f"{live.url}/")
-        failures = await page.evaluate(Path(__file__).with_name("state_cases.js").read_text())
-        assert failures == []
+STATE_CASES = Path(__file__).with_name("state_cases.js")
+#: each check("name", ...) of state_cases.js, read from its text so that each is a test of its own
+STATE_CASE_NAMES = re.findall(r'^\s+check\(\s*"([^"]+)"', STATE_CASES.read_text(), re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def state_case_results() -> dict[str, dict[str, Any]]:
+    """Run state_cases.js once, in the browser's own JS engine, on the page's modules as served."""
+
+    async def run() -> list[dict[str, Any]]:
+        async with live_server() as live, chromium() as browser:
+            page = await browser.new_page()
+            await page.goto(f"{live.url}/")
+            results: list[dict[str, Any]] = await page.evaluate(STATE_CASES.read_text())
+            return results
+
+    results = anyio.run(run)
+    assert sorted(result["name"] for result in results) == sorted(STATE_CASE_NAMES)  # each ran, once
+    return {result["name"]: result for result in results}
+
+
+@pytest.mark.parametrize("case", STATE_CASE_NAMES)
+def test_the_pure_update_logic(case: str, state_case_results: dict[str, dict[str, Any]]) -> None:
+    """state.js applies snapshots, transitions and progress exactly once each, and goes offline honestly."""
+    result = state_case_results[case]
+    assert result["ok"], f"{case}: {result['detail']}"
 
 
 async def test_the_dashboards_job_states_are_the_servers() -> None:

@@ -9,28 +9,26 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from jobcast.agents.builtin import financial_figures
-from tests.conftest import WAIT
 from tests.servers import JobcastServer, free_port, jobcast_command, jobcast_server
+from tests.support import WAIT, eventually
 
 AGENTS = ["--agent", "jobcast.agents.builtin:FinancialAgent", "--agent", "tests.agents:GatedAgent"]
 
 
 def poll_until(url: str, field: str, values: set[str]) -> dict[str, Any]:
     """Poll like an old client does, until ``field`` takes one of ``values``."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
+
+    def reached() -> dict[str, Any] | None:
         body: dict[str, Any] = httpx.get(url).json()
-        if body.get(field) in values:
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"{url} never reached {field} in {values}")
+        return body if body.get(field) in values else None
+
+    return eventually(reached, what=f"{url} with {field} in {values}")
 
 
 def test_jobs_survive_a_crash_and_restart(tmp_path: Path) -> None:
@@ -103,15 +101,16 @@ def test_the_app_is_an_asgi_factory_for_uvicorn(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + WAIT
-        while True:
+
+        def agents() -> list[dict[str, Any]] | None:
+            assert process.poll() is None, "uvicorn exited"
             try:
-                agents = httpx.get(f"http://127.0.0.1:{port}/api/agents").json()["agents"]
-                break
+                listed: list[dict[str, Any]] = httpx.get(f"http://127.0.0.1:{port}/api/agents").json()["agents"]
+                return listed
             except httpx.TransportError:
-                assert time.monotonic() < deadline and process.poll() is None
-                time.sleep(0.05)
-        assert [a["name"] for a in agents] == ["quick"]
+                return None  # its port is about to open
+
+        assert [a["name"] for a in eventually(agents)] == ["quick"]
     finally:
         process.terminate()
         process.wait(WAIT)
@@ -140,10 +139,7 @@ def test_sigterm_ends_open_streams_and_long_polls_cleanly(tmp_path: Path) -> Non
         threads[0].start()
         poll_until(f"{server.url}/healthz", "status", {"ok"})  # the long-poll went out first
         threads[1].start()
-        deadline = time.monotonic() + WAIT
-        while httpx.get(f"{server.url}/healthz").json()["subscribers"] != 1:  # the stream has joined
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        eventually(lambda: httpx.get(f"{server.url}/healthz").json()["subscribers"] == 1, what="the stream joined")
         server.stop()  # with a 30 s grace, only the early end of the streams makes this return in time
         for thread in threads:
             thread.join(WAIT)

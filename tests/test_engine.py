@@ -12,7 +12,7 @@ import anyio.to_thread
 import pytest
 
 from tests.agents import GatedAgent, StubbornAgent
-from tests.conftest import WAIT, status_is
+from tests.support import WAIT, eventually_async, status_is
 
 pytestmark = pytest.mark.anyio
 
@@ -104,9 +104,7 @@ async def test_a_timeout_is_on_time_even_if_the_thread_ignores_it(make_app: Make
 
         StubbornAgent.gate.set()
         assert await anyio.to_thread.run_sync(StubbornAgent.returned.wait, WAIT)
-        with anyio.fail_after(WAIT):
-            while app.engine.busy_threads:  # noqa: ASYNC110 - a counter, no event to await
-                await anyio.sleep(0.01)
+        await eventually_async(lambda: app.engine.busy_threads == 0)
         final = await app.engine.store.get_job(job["job_id"])
         assert final is not None and final.status.value == "timed_out" and final.result is None
         assert await app.engine.store.last_seq("p1") == seq_at_timeout  # nothing after the final state
@@ -203,9 +201,7 @@ async def test_an_outcome_for_a_job_the_store_lost_is_logged_plainly(
             direct.delete(*direct.keys(f"{prefix}:*"))  # as if Redis came back empty, for this test's keys only
         with caplog.at_level(logging.INFO, logger="jobcast.server.engine"):
             GatedAgent.gate.set()
-            with anyio.fail_after(WAIT):
-                while app.engine.busy_threads:  # noqa: ASYNC110 - a counter, released once the outcome is handled
-                    await anyio.sleep(0.01)
+            await eventually_async(lambda: app.engine.busy_threads == 0)
     lines = [record.getMessage() for record in caplog.records if record.name == "jobcast.server.engine"]
     assert f"job {job['job_id']} is gone from the store; discarding its completed outcome" in lines
     assert not any("already None" in line for line in lines)

@@ -10,16 +10,10 @@ import anyio
 import pytest
 
 from tests.agents import GatedAgent
-from tests.conftest import WAIT, status_is
 from tests.disk import small_disk
+from tests.support import eventually_async, record_texts, status_is, wait_for_log
 
 pytestmark = pytest.mark.anyio
-
-
-async def wait_for_log(caplog: pytest.LogCaptureFixture, text: str) -> None:
-    with anyio.fail_after(WAIT):
-        while not any(text in record.getMessage() for record in caplog.records):  # noqa: ASYNC110 - no event for logs
-            await anyio.sleep(0.01)
 
 
 async def test_final_states_wait_for_the_disk_with_their_slots_held(
@@ -34,7 +28,7 @@ async def test_final_states_wait_for_the_disk_with_their_slots_held(
                 await app.wait_for(job["job_id"], status_is("running"))
             disk.fill()
             GatedAgent.gate.set()
-            await wait_for_log(caplog, "database or disk is full")
+            await wait_for_log(lambda: record_texts(caplog), "database or disk is full")
             # What is tested is an absence (no giving up): ten old give-up periods pass with the disk still full.
             await anyio.sleep(1.0)
 
@@ -51,7 +45,5 @@ async def test_final_states_wait_for_the_disk_with_their_slots_held(
             for n, job in enumerate(jobs):
                 done = await app.wait_for(job["job_id"], status_is("completed", "failed"))
                 assert done.status.value == "completed" and done.result == {"project": f"p{n}", "opened": True}
-            with anyio.fail_after(WAIT):
-                while app.engine.busy_threads:  # noqa: ASYNC110 - a counter, released just after the write
-                    await anyio.sleep(0.01)
+            await eventually_async(lambda: app.engine.busy_threads == 0)  # released just after the write
     assert not any("could not be saved" in record.getMessage() for record in caplog.records)

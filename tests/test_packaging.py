@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import WAIT
 from tests.servers import JobcastServer
+from tests.support import WAIT
 
 ROOT = Path(__file__).resolve().parent.parent
 

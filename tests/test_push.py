@@ -17,8 +17,8 @@ import websockets
 
 from jobcast.server.wire import Message
 from tests.agents import GatedAgent, StubbornAgent
-from tests.conftest import WAIT
-from tests.live import Live, live_server, receive, receive_until
+from tests.live import Live, live_server
+from tests.support import WAIT, receive, receive_until
 
 pytestmark = pytest.mark.anyio
 

@@ -14,9 +14,9 @@ import websockets
 from jobcast.server.api import READY_TIMEOUT
 from jobcast.server.store.redis_store import CALL_DEADLINE
 from tests.agents import GatedAgent
-from tests.conftest import WAIT
-from tests.live import Live, live_server, receive
+from tests.live import Live, live_server
 from tests.redis_server import RedisServer, redis_server
+from tests.support import WAIT, eventually_async, receive
 
 pytestmark = pytest.mark.anyio
 
@@ -64,16 +64,15 @@ async def test_requests_during_a_freeze_get_503_promptly_and_no_convoy_forms(own
 
         await wait_until_ready(live)
         GatedAgent.gate.set()
-        with anyio.fail_after(WAIT):
-            while (await live.http.get(f"/api/jobs/{job['job_id']}")).json()["status"] != "completed":  # noqa: ASYNC110
-                await anyio.sleep(0.05)  # polling as an HTTP client does
+        assert (await wait_until_final(live, job["job_id"]))["status"] == "completed"
         assert (await live.http.post("/api/projects/p3/agents/quick/refresh")).status_code == 202
 
 
 async def wait_until_ready(live: Live) -> None:
-    with anyio.fail_after(WAIT):
-        while (await live.http.get("/readyz")).status_code != 200:  # noqa: ASYNC110 - polling as a load balancer does
-            await anyio.sleep(0.05)
+    async def ready() -> bool:  # polling as a load balancer does
+        return (await live.http.get("/readyz")).status_code == 200
+
+    await eventually_async(ready, what="/readyz 200")
 
 
 async def test_a_websocket_opened_during_a_freeze_is_told_and_closed_promptly(own_redis: RedisServer) -> None:
@@ -106,15 +105,18 @@ async def test_a_start_answered_503_that_redis_runs_after_the_freeze_is_run_not_
         with own_redis.frozen():
             refused = await live.http.post("/api/projects/p1/agents/quick/refresh", timeout=WAIT * 3)
         assert refused.status_code == 503
-        with anyio.fail_after(WAIT):
-            while (reply := await live.http.get("/api/projects/p1/agents/quick/job")).status_code != 200:  # noqa: ASYNC110
-                await anyio.sleep(0.05)  # polling as an HTTP client does: the job appears when Redis runs the write
-        job = await wait_until_final(live, reply.json()["job_id"])
+
+        async def stored() -> dict[str, Any] | None:  # the job appears when Redis runs the write
+            reply = await live.http.get("/api/projects/p1/agents/quick/job")
+            return reply.json() if reply.status_code == 200 else None
+
+        job = await wait_until_final(live, (await eventually_async(stored))["job_id"])
         assert job["status"] == "completed" and job["result"] == {"project": "p1"}, job
 
 
 async def wait_until_final(live: Live, job_id: str) -> dict[str, Any]:
-    with anyio.fail_after(WAIT):
-        while (job := (await live.http.get(f"/api/jobs/{job_id}")).json())["status"] in ("queued", "running"):  # noqa: ASYNC110
-            await anyio.sleep(0.05)  # polling as an HTTP client does
-    return job
+    async def final() -> dict[str, Any] | None:  # polling as an HTTP client does
+        job: dict[str, Any] = (await live.http.get(f"/api/jobs/{job_id}")).json()
+        return None if job["status"] in ("queued", "running") else job
+
+    return await eventually_async(final, what=f"job {job_id} final")

@@ -20,8 +20,8 @@ from jobcast.server.jobs import Job, JobError, JobStatus, ProgressUpdate
 from jobcast.server.settings import Settings
 from jobcast.server.store import redacted, store_for
 from jobcast.server.store.redis_store import RedisStore, split_url
-from tests.conftest import WAIT
 from tests.redis_server import RedisServer, redis_server
+from tests.support import WAIT, eventually_async
 
 pytestmark = pytest.mark.anyio
 
@@ -45,9 +45,7 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 async def wait_for(condition: Any) -> None:
-    with anyio.fail_after(WAIT):
-        while not await condition():  # noqa: ASYNC110 - polling Redis from outside; no event to wait on
-            await anyio.sleep(0.02)
+    await eventually_async(condition)  # polling Redis from outside: no event to wait on
 
 
 def test_the_url_carries_a_key_prefix_and_passwords_stay_out_of_logs() -> None:
@@ -275,17 +273,11 @@ async def test_another_processs_progress_is_kept_only_while_a_channel_follows_it
         )
         async with hub.subscribe("p"):
             await elsewhere.publish_progress(update)
-            with anyio.fail_after(WAIT):
-                while not hub.latest_progress("p"):  # noqa: ASYNC110 - the channel reader fills it in
-                    await anyio.sleep(0.01)
+            await eventually_async(lambda: hub.latest_progress("p"))
         assert hub.latest_progress("p") == []  # nobody follows p here any more: nothing says when the job ends
         async with hub.subscribe("p"):
             await elsewhere.publish_progress(update)
-            with anyio.fail_after(WAIT):
-                while not hub.latest_progress("p"):  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
+            await eventually_async(lambda: hub.latest_progress("p"))
             await elsewhere.update_job(running.transition(JobStatus.COMPLETED, result={}), JobStatus.RUNNING)
-            with anyio.fail_after(WAIT):
-                while hub.latest_progress("p"):  # noqa: ASYNC110 - the final event clears it
-                    await anyio.sleep(0.01)
+            await eventually_async(lambda: not hub.latest_progress("p"))  # the final event clears it
         tasks.cancel_scope.cancel()

@@ -19,9 +19,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import WAIT
 from tests.redis_server import RedisServer, redis_server
 from tests.servers import JobcastServer, jobcast_command, jobcast_server
+from tests.support import WAIT, eventually_async
 
 AGENTS = ["--agent", "jobcast.agents.builtin:FinancialAgent", "--agent", "tests.agents:FileGatedAgent"]
 LEASE_SECONDS = 1.0
@@ -310,9 +310,11 @@ async def test_long_polls_share_their_processs_one_reader(own_redis: RedisServer
                 async with anyio.create_task_group() as tasks:
                     for _ in range(40):
                         tasks.start_soon(long_poll)
-                    with anyio.fail_after(WAIT):  # until all 40 wait on the project's channel
-                        while (await http.get(f"{a.url}/healthz")).json()["waiting_polls"] < 40:  # noqa: ASYNC110
-                            await anyio.sleep(0.05)  # polling the server's own count; nothing to await
+
+                    async def all_waiting() -> bool:  # the server's own count: nothing to await
+                        return bool((await http.get(f"{a.url}/healthz")).json()["waiting_polls"] >= 40)
+
+                    await eventually_async(all_waiting, what="40 long-polls waiting on the channel")
                     blocked = [c for c in admin.client_list() if "b" in c["flags"]]  # in a blocking XREAD
                     await start(a, "polls", "financial")
         finally:

@@ -25,9 +25,9 @@ import websockets
 
 from jobcast.client import JobcastClient, ServerRefused, subscribe
 from jobcast.server.auth import TokenSigner
-from tests.conftest import WAIT
 from tests.guarded import SECRET, Answer, Tokens, answer, bearer, receive, ws_answer, ws_connect
 from tests.servers import JobcastServer, jobcast_command, jobcast_server
+from tests.support import WAIT, eventually, lines_with, wait_for_log
 
 pytestmark = pytest.mark.anyio
 
@@ -94,15 +94,11 @@ def assert_no_secrets(log: str, tokens: Tokens) -> None:
 
 
 def log_lines(server: JobcastServer, *needles: str) -> list[str]:
-    return [line for line in server.log.splitlines() if all(needle in line for needle in needles)]
+    return lines_with(server.log, *needles)
 
 
-async def wait_for_log(server: JobcastServer, *needles: str, count: int = 1) -> list[str]:
-    """The server writes its log line just after it answers; wait for it rather than race it."""
-    with anyio.fail_after(WAIT):
-        while len(lines := log_lines(server, *needles)) < count:  # noqa: ASYNC110 - a file has no event to await
-            await anyio.sleep(0.02)
-    return lines
+async def wait_for_server_log(server: JobcastServer, *needles: str, count: int = 1) -> list[str]:
+    return await wait_for_log(lambda: server.log, *needles, count=count)
 
 
 def all_answers(answers: list[Answer]) -> str:
@@ -426,7 +422,7 @@ async def test_the_connection_cap_counts_websockets_and_streams_per_client_addre
                 except websockets.InvalidStatus as exc:
                     assert exc.response.status_code == 429
                     await anyio.sleep(0.02)
-    await wait_for_log(guarded, "127.0.0.2", "429 too_many_connections", count=3)
+    await wait_for_server_log(guarded, "127.0.0.2", "429 too_many_connections", count=3)
 
 
 async def test_a_flood_of_job_starts_gets_429_with_retry_after_per_token(
@@ -448,7 +444,7 @@ async def test_a_flood_of_job_starts_gets_429_with_retry_after_per_token(
         guarded.url, "POST", "/api/projects/flood/agents/quick/refresh", bearer(tokens.mint(("flood",)))
     )
     assert other.status in (200, 202)
-    lines = await wait_for_log(guarded, "/flood", "429 rate_limited", count=2)
+    lines = await wait_for_server_log(guarded, "/flood", "429 rate_limited", count=2)
     assert len(lines) == 2  # once per refused start
     await answer(guarded.url, "POST", "/api/projects/flood/agents/sleepy/cancel", bearer(tokens.mint(("flood",))))
 
@@ -463,7 +459,7 @@ async def test_an_oversized_message_is_closed_with_1009(guarded: JobcastServer, 
             while True:
                 await ws.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
-    assert len(await wait_for_log(guarded, f":{local_port}", "over 64 KiB")) == 1
+    assert len(await wait_for_server_log(guarded, f":{local_port}", "over 64 KiB")) == 1
 
 
 async def test_a_client_that_sends_too_fast_is_closed_with_1008(guarded: JobcastServer, tokens: Tokens) -> None:
@@ -477,7 +473,7 @@ async def test_a_client_that_sends_too_fast_is_closed_with_1008(guarded: Jobcast
             while True:
                 await ws.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
-    assert len(await wait_for_log(guarded, f":{local_port}", "messages too fast")) == 1
+    assert len(await wait_for_server_log(guarded, f":{local_port}", "messages too fast")) == 1
 
 
 async def test_permessage_deflate_is_off_by_default(guarded: JobcastServer, tokens: Tokens) -> None:
@@ -602,7 +598,4 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
 
 
 def wait_until(condition: Any) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.02)
+    eventually(condition)

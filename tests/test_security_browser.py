@@ -8,15 +8,14 @@ import re
 import threading
 from collections.abc import Iterator
 
-import anyio
 import httpx
 import pytest
 from playwright.async_api import expect
 
 from tests.browser import chromium
-from tests.conftest import WAIT
 from tests.guarded import SECRET, Tokens, bearer
 from tests.servers import JobcastServer, jobcast_server
+from tests.support import WAIT, wait_for_log
 
 pytestmark = pytest.mark.anyio
 
@@ -103,10 +102,8 @@ def foreign_site() -> Iterator[str]:
         thread.join(WAIT)
 
 
-async def wait_for_log(server: JobcastServer, *needles: str) -> None:
-    with anyio.fail_after(WAIT):
-        while not any(all(n in line for n in needles) for line in server.log.splitlines()):  # noqa: ASYNC110
-            await anyio.sleep(0.02)
+async def wait_for_server_log(server: JobcastServer, *needles: str) -> None:
+    await wait_for_log(lambda: server.log, *needles)
 
 
 async def test_a_page_from_a_foreign_origin_cannot_subscribe(guarded: JobcastServer, tokens: Tokens) -> None:
@@ -121,7 +118,7 @@ async def test_a_page_from_a_foreign_origin_cannot_subscribe(guarded: JobcastSer
     # The server saw and refused each attempt (the browser did not just give up on its own).
     for method, path in [("WebSocket", "/ws/projects/acme"), ("OPTIONS", "/api/projects/acme/events/stream"),
                          ("POST", "/api/projects/acme/agents/quick/refresh")]:  # fmt: skip
-        await wait_for_log(guarded, f"refused {method} {path} ", "403 origin_not_allowed")
+        await wait_for_server_log(guarded, f"refused {method} {path} ", "403 origin_not_allowed")
     async with httpx.AsyncClient(base_url=guarded.url, headers=bearer(token), timeout=WAIT) as http:
         status = (await http.get("/api/projects/acme")).json()
     assert status["agents"]["quick"]["job"] is None
@@ -191,7 +188,7 @@ async def test_in_open_mode_a_foreign_page_cannot_start_a_job_with_a_simple_get(
                 page = await browser.new_page()
                 await page.goto(foreign)
                 assert await page.evaluate(SIMPLE_GETS, {"server": server.url}) == "error"
-        await wait_for_log(server, "refused GET /quick_agent/status/acme ", "403 origin_not_allowed")
+        await wait_for_server_log(server, "refused GET /quick_agent/status/acme ", "403 origin_not_allowed")
         async with httpx.AsyncClient(base_url=server.url, timeout=WAIT) as http:
             status = (await http.get("/api/projects/acme")).json()
     assert status["agents"]["quick"]["job"] is None
