@@ -6,12 +6,11 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from .auth import ALL_PROJECTS, RIGHTS, TokenSigner, parse_rights, parse_ttl
 from .errors import ConfigError
 from .runner import host_port, run_server
-from .settings import Settings, build_serve_parser
+from .settings import Settings, argparse_type, build_serve_parser
 
 COMMANDS = ("serve", "token")
 
@@ -46,51 +45,51 @@ def _add_token_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     token.add_argument(
         "--rights",
-        type=_argparse_type(parse_rights),
+        type=argparse_type(parse_rights),
         default=("read",),
         help=f"comma-separated, from {', '.join(RIGHTS)} (default read)",
     )
     token.add_argument(
-        "--ttl", type=_argparse_type(parse_ttl), default=3600.0, help="lifetime: 90s, 30m, 1h, 7d (default 1h)"
+        "--ttl", type=argparse_type(parse_ttl), default=3600.0, help="lifetime: 90s, 30m, 1h, 7d (default 1h)"
     )
 
 
-def _argparse_type(parse: Any) -> Any:
-    def convert(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return convert
-
-
 def serve(argv: Sequence[str]) -> int:
-    """Check everything, then own the store, then the port, and only then start the app and its recovery."""
+    """Check everything, bind the port, own the store, and only then start the app and its recovery.
+
+    A port clash leaves the store untouched (not even created); a second process on an
+    embedded store's file is refused before it writes anything.
+    """
+    from .app import create_app
+    from .store import store_for
+    from .workers import check_shareable, listen, run_workers
+
     try:
         settings = Settings.from_args(argv)
-        from .app import create_app
-        from .store import store_for
-        from .workers import check_shareable, listen, run_workers
-
         check_shareable(settings)
         # Agents, the store URL and the auth settings are checked here, before any process starts.
         store = store_for(settings)
         app = create_app(settings, store=store)
-        store.claim(serving=f"http://{host_port(settings.host, settings.port)}")
     except ConfigError as exc:
-        print(f"jobcast: error: {exc}", file=sys.stderr)
-        return 2
+        return _refuse(str(exc), 2)
     try:
         listener = listen(settings)
     except OSError as exc:
-        # Nothing in the store has been read or recovered yet, so a port clash changes nothing there.
-        address = host_port(settings.host, settings.port)
-        print(f"jobcast: error: cannot listen on {address}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return _refuse(f"cannot listen on {host_port(settings.host, settings.port)}: {exc.strerror or exc}", 1)
+    try:
+        host, port = listener.getsockname()[:2]
+        store.claim(serving=f"http://{host_port(host, port)}")
+    except ConfigError as exc:
+        listener.close()
+        return _refuse(str(exc), 2)
     if settings.workers > 1:
         return run_workers(settings, listener)  # each worker builds its own app from the same settings
     return run_server(app, settings, sockets=[listener])
+
+
+def _refuse(reason: str, code: int) -> int:
+    print(f"jobcast: error: {reason}", file=sys.stderr)
+    return code
 
 
 def mint_token(options: argparse.Namespace) -> int:

@@ -46,10 +46,6 @@ class ConnectionGuard:
         self.max_pending = max_pending or default_max_pending()
         self._waiting: dict[GuardedH11Protocol, None] = {}  # insertion order is age
 
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
     def wait(self, connection: GuardedH11Protocol) -> None:
         self._waiting[connection] = None
         if len(self._waiting) > self.max_pending:

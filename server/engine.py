@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Starts answered 503 that are looked for once the store is back; a flood of retries cannot grow it further.
+_UNCONFIRMED_LIMIT = 1000
+
 #: At most this many progress events (and store writes) per second per job.
 PROGRESS_WRITES_PER_SECOND = 10
 
@@ -143,10 +146,9 @@ class Engine:
         new = Job.new(project_id, agent_name)
         try:
             job, deduplicated = await self.store.create_job(new)
-        except StoreUnavailable:
-            if self.store.shared:
-                # Redis may yet run the write it did not answer (it froze with it in hand): find out later.
-                self._unconfirmed[new.job_id] = (new, agent)
+        except StoreUnavailable as exc:
+            if self.store.shared and exc.maybe_applied:
+                self._remember_unconfirmed(new, agent)
             raise
         if not deduplicated:
             self._adopt(job, agent)
@@ -155,6 +157,15 @@ class Engine:
     def _adopt(self, job: Job, agent: Agent) -> None:
         self._owned.add(job.job_id)
         self._task_group.start_soon(self._run_guarded, job, agent, name=f"job {job.job_id}")
+
+    def _remember_unconfirmed(self, job: Job, agent: Agent) -> None:
+        """Redis may yet run the start it did not answer (it froze with it in hand): look later, once per
+        (project, agent), since the store keeps at most one active job for each."""
+        for job_id, (known, _) in list(self._unconfirmed.items()):
+            if (known.project_id, known.agent) == (job.project_id, job.agent):
+                del self._unconfirmed[job_id]
+        if len(self._unconfirmed) < _UNCONFIRMED_LIMIT:
+            self._unconfirmed[job.job_id] = (job, agent)
 
     async def _confirm_starts(self) -> None:
         """Run the jobs whose start was answered 503 but landed after all; forget those that did not."""
@@ -239,13 +250,13 @@ class Engine:
 
     async def _lease_round(self) -> None:
         await self.store.check_epoch()
-        await self._confirm_starts()
         report = await self.store.renew_leases(sorted(self._owned))
         for job_id in report.lost | report.cancel_requested:
             run = self._runs.get(job_id)
             if run is not None:
                 run.ctx.cancel()  # a lost job's outcome is discarded by the compare-and-set anyway
         await self.recover("the process running the job stopped renewing its lease")
+        await self._confirm_starts()  # after the renewals, which must not wait on it
 
     async def shutdown(self) -> None:
         """Stop taking work: tell running agents to stop and fail what cannot finish now."""
@@ -309,10 +320,19 @@ class Engine:
                 self._sink.job_ended(running.project_id, running.job_id)
 
     async def _begin(self, job: Job) -> Event | None:
+        running = job.transition(JobStatus.RUNNING)
         try:
-            return await self._until_saved(self.store.update_job, job.transition(JobStatus.RUNNING), JobStatus.QUEUED)
+            return await self._until_saved(self.store.update_job, running, JobStatus.QUEUED)
         except StaleJob:
-            return None  # cancelled while it waited for a slot
+            return await self._landed_late(running)
+
+    async def _landed_late(self, running: Job) -> Event | None:
+        """The job is not queued any more: cancelled while it waited, or our own start landed after all
+        (a store that froze answered 503, then ran the write it held). Only the latter runs."""
+        stored = await self.store.get_job(running.job_id)
+        if stored is None or stored.status is not JobStatus.RUNNING or stored.started_at != running.started_at:
+            return None
+        return Event(epoch=self.store.epoch, seq=await self.store.last_seq(running.project_id), job=stored)
 
     async def _until_saved(self, write: Callable[..., Awaitable[T]], *args: Any) -> T:
         """A write the job cannot go on without, retried while the store is down (a full disk, Redis away).
@@ -345,7 +365,11 @@ class Engine:
         await anyio.sleep(timeout)
         run.ctx.cancel()
         message = f"the job did not finish within its {timeout:g} s limit"
-        await self._conclude(run, JobStatus.TIMED_OUT, error=JobError(code="timed_out", message=message))
+        try:
+            await self._conclude(run, JobStatus.TIMED_OUT, error=JobError(code="timed_out", message=message))
+        except StoreUnavailable:
+            # Not raised into the job's helpers: that would cancel the wait for the thread and free its slot.
+            logger.warning("job %s timed out but could not be saved: %s", run.job.job_id, self._who_ends_unsaved_jobs())
 
     async def _finish(self, run: _Run, outcome: Outcome) -> None:
         # An agent that returned a result finished before it noticed a cancel: keep the result.

@@ -104,6 +104,11 @@ class StoreUnavailable(JobcastError):
     code = "store_unavailable"
     http_status = 503
 
+    def __init__(self, message: str, *, maybe_applied: bool = True) -> None:
+        super().__init__(message)
+        #: False when nothing reached the store, so the write cannot land later
+        self.maybe_applied = maybe_applied
+
 
 class QueueFull(JobcastError):
     code = "queue_full"

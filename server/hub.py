@@ -109,16 +109,22 @@ class Hub:
     async def unless_closing(self, awaitable: Coroutine[Any, Any, T], default: T) -> T:
         """Await ``awaitable``, or return ``default`` as soon as the server starts shutting down."""
         result = default
+        failure: Exception | None = None
         async with anyio.create_task_group() as tasks:
 
             async def run() -> None:
-                nonlocal result
-                result = await awaitable
+                nonlocal result, failure
+                try:
+                    result = await awaitable
+                except Exception as exc:  # raised plainly below, not as a task group's ExceptionGroup (a 503 stays one)
+                    failure = exc
                 tasks.cancel_scope.cancel()
 
             tasks.start_soon(run)
             await self.closing.wait()
             tasks.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         return result
 
     def new_subscriber(self) -> Subscriber:
@@ -151,6 +157,13 @@ class Hub:
             self._deliver_progress(update)
 
     async def _share_progress(self, job_id: str) -> None:
+        try:
+            await self._write_progress(job_id)
+        except Exception:  # runs in the app's task group: an error here must not end the app
+            logger.exception("could not send the progress of job %s to the store", job_id)
+            self._unshared.pop(job_id, None)
+
+    async def _write_progress(self, job_id: str) -> None:
         """Write the job's newest progress until none is left: a slow store coalesces ticks, never piles them up."""
         while (update := self._unshared.get(job_id)) is not None:
             with contextlib.suppress(StoreUnavailable):  # latest-value: the next tick makes up for it

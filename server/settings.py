@@ -181,12 +181,15 @@ def _parse_env(name: str, parse: Callable[[str], Any], raw: str) -> Any:
         raise ConfigError(f"{_env_name(name)}={raw!r}: {exc}") from None
 
 
-def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+def argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` as an argparse type: its ValueError becomes a usage error that names the text once."""
+
     def convert(text: str) -> Any:
         try:
             return parse(text)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+            reason = str(exc)
+            raise argparse.ArgumentTypeError(reason if repr(text) in reason else f"{text!r}: {reason}") from None
 
     return convert
 
@@ -211,7 +214,7 @@ def build_serve_parser(parser: argparse.ArgumentParser | None = None) -> argpars
             parser.add_argument(
                 _flag(field.name),
                 dest=field.name,
-                type=_argparse_type(field.metadata["parse"]),
+                type=argparse_type(field.metadata["parse"]),
                 default=None,
                 help=f"{field.metadata['help']} (env {_env_name(field.name)}, default {shown})",
             )

@@ -20,6 +20,7 @@ from types import FrameType
 
 from .errors import ConfigError
 from .settings import Settings
+from .store import store_for
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +32,11 @@ _STEADY_SECONDS = 10.0
 #: ... and after this many such exits in a row the server stops instead of looping.
 _QUICK_EXITS_ALLOWED = 3
 
-#: Stores that can be shared by processes.
-SHARED_SCHEMES = ("redis", "rediss")
-
 
 def check_shareable(settings: Settings) -> None:
-    """More than one process needs a store they can share; refuse the others in one line."""
+    """More than one process needs a store they can share (``Store.shared``); refuse the others in one line."""
     scheme = settings.store.partition("://")[0]
-    if settings.workers > 1 and scheme not in SHARED_SCHEMES:
+    if settings.workers > 1 and not store_for(settings).shared:
         raise ConfigError(
             f"--workers {settings.workers} needs a store the processes can share, like redis://127.0.0.1:6379/0; "
             f"{scheme}: lives inside one process (see docs/scaling.md; for parallel agent jobs use --threads)"

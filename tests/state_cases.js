@@ -52,12 +52,12 @@
 
   // Offline: the timer stops at what was last seen, and the actions are disabled with a reason.
   const lastHeard = Date.parse("2026-01-01T00:00:20.000Z");
-  const offlineView = cardView(t, "a", lastHeard + 9400, { offline: true, lastHeardMs: lastHeard });
+  const offlineView = cardView(t, "a", lastHeard + 9400, { offline: true, offlineSinceMs: lastHeard });
   check("offline, a running job reads as last seen", offlineView.elapsedText === "Last seen running 9s ago", offlineView.elapsedText);
   check("offline, nothing can be started or cancelled", !offlineView.canRefresh && !offlineView.canCancel && offlineView.disabledReason === OFFLINE_REASON);
-  const idleOffline = cardView(s, "a", lastHeard, { offline: true, lastHeardMs: lastHeard });
+  const idleOffline = cardView(s, "a", lastHeard, { offline: true, offlineSinceMs: lastHeard });
   check("offline, an ended job keeps its own text", idleOffline.elapsedText === "Took 45s" && !idleOffline.canRefresh);
-  const backOnline = cardView(t, "a", lastHeard + 9400, { offline: false, lastHeardMs: lastHeard });
+  const backOnline = cardView(t, "a", lastHeard + 9400, { offline: false, offlineSinceMs: lastHeard });
   check("online again, the timer ticks and actions return", backOnline.elapsedText.startsWith("Running… ") && backOnline.canCancel && backOnline.disabledReason === null);
 
   check("backoff grows and stays jittered within bounds",

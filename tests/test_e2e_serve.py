@@ -173,12 +173,13 @@ def test_a_second_server_on_the_same_sqlite_file_refuses_and_changes_nothing(tmp
         job = httpx.post(f"{first.url}/api/projects/acme/agents/filegated/refresh").json()["job"]
         poll_until(f"{first.url}/api/jobs/{job['job_id']}", "status", {"running"})
 
-        for port in (first.port, free_port()):
-            second = _serve_once(["--port", str(port), *store])
-            assert second.returncode == 2, second.stderr
-            [line] = second.stderr.strip().splitlines()
-            assert f"in use by jobcast process {first.process.pid}" in line and f"serving {first.url}" in line
-            assert "--workers" in line and "redis://" in line
+        same_port = _serve_once(["--port", str(first.port), *store])
+        assert same_port.returncode == 1 and "Address already in use" in same_port.stderr  # found first
+        second = _serve_once(["--port", str(free_port()), *store])
+        assert second.returncode == 2, second.stderr
+        [line] = second.stderr.strip().splitlines()
+        assert f"in use by jobcast process {first.process.pid}" in line and f"serving {first.url}" in line
+        assert "--workers" in line and "redis://" in line
         assert _stored_status(tmp_path / "jobcast.db", job["job_id"]) == "running"
 
         (gates / "acme").touch()
@@ -202,10 +203,12 @@ def test_a_port_clash_is_found_before_the_store_is_touched(tmp_path: Path) -> No
 
     with jobcast_server(["--store", "memory://"], tmp_path / "holder.log") as holder:
         clash = _serve_once(["--port", str(holder.port), *store])
+        fresh = _serve_once(["--port", str(holder.port), "--store", f"sqlite:///{tmp_path / 'fresh.db'}"])
     assert clash.returncode == 1, clash.stderr
     [line] = clash.stderr.strip().splitlines()
     assert line == f"jobcast: error: cannot listen on 127.0.0.1:{holder.port}: Address already in use"
     assert _stored_status(tmp_path / "crashed.db", job["job_id"]) == "running"  # left for the next real start
+    assert fresh.returncode == 1 and not list(tmp_path.glob("fresh.db*"))  # not even created
 
 
 def test_an_unusable_database_path_is_one_line_not_a_traceback(tmp_path: Path) -> None:

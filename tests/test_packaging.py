@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -38,7 +39,11 @@ FLASK_PROJECT = {
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``pip wheel .``, as a user or a release builds it."""
     out = tmp_path_factory.mktemp("wheel")
-    command = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)]
+    # From a clean copy: setuptools reuses a checkout's build/ folder, where modules since deleted linger.
+    source = tmp_path_factory.mktemp("source") / "jobcast"
+    junk = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "*.db*")
+    shutil.copytree(ROOT, source, symlinks=True, ignore=junk)
+    command = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(source)]
     subprocess.run(command, check=True, capture_output=True, timeout=120)
     [built] = out.glob("jobcast-*.whl")
     return built
@@ -61,6 +66,13 @@ def test_the_wheel_holds_one_package_with_its_types_and_dashboard(wheel: Path) -
     ):
         assert needed in names
     assert not any(name.startswith(("tests/", "bench/", "server/", "client/", "agents/")) for name in names)
+    sources = {
+        str(Path(folder, file).relative_to(ROOT))
+        for folder, _, files in os.walk(ROOT / "jobcast", followlinks=True)
+        for file in files
+        if file.endswith(".py")
+    }
+    assert {name for name in names if name.endswith(".py")} == sources  # every module, and only those
 
 
 @pytest.fixture(scope="module")

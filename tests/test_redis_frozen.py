@@ -58,6 +58,8 @@ async def test_requests_during_a_freeze_get_503_promptly_and_no_convoy_forms(own
             alive = await live.http.get("/healthz")
         assert all(status == 503 for status, _ in first + later), first + later
         assert max(seconds for _, seconds in first + later) < PROMPT, first + later
+        # Once Redis is known not to answer, one call in each probe interval asks it; the rest fail at once.
+        assert sorted(seconds for _, seconds in later)[-2] < 1.0, later
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "store_unavailable"
         assert ready[0][0] == 503 and ready[0][1] < READY_TIMEOUT + 1.0
         assert alive.status_code == 200  # liveness: the process is fine, only its store is not

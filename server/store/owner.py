@@ -23,10 +23,6 @@ class OwnerLock:
         self.path = store_path + ".lock"
         self._fd: int | None = None
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def acquire(self, serving: str | None = None) -> None:
         """Take the lock, or raise :class:`StoreInUse` naming its holder. Raises OSError if the file cannot be made."""
         if self._fd is not None:

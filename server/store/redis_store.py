@@ -29,7 +29,7 @@ import anyio
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError
+from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -76,6 +76,9 @@ _STATES = (
     f"local QUEUED, RUNNING = '{JobStatus.QUEUED.value}', '{JobStatus.RUNNING.value}'\n"
     "local ACTIVE = {" + ", ".join(sorted(f"['{status.value}'] = true" for status in ACTIVE_STATES)) + "}\n"
 )
+
+#: Error replies that mean "not now" rather than "never": a failed snapshot to disk, a busy script, loading.
+_UNAVAILABLE_REPLIES = ("MISCONF", "BUSY", "LOADING", "MASTERDOWN")
 
 _APPEND = """
 local function append(p, project, record, updated_at, maxlen)
@@ -317,6 +320,11 @@ class RedisStore(Store):
         except (TimeoutError, *_UNAVAILABLE) as exc:
             self._went_away(exc)
             raise StoreUnavailable("the Redis store is unavailable; try again shortly") from None
+        except ResponseError as exc:
+            if not str(exc).startswith(_UNAVAILABLE_REPLIES):
+                raise
+            self._went_away(exc)
+            raise StoreUnavailable("the Redis store is unavailable; try again shortly") from None
         if self._unavailable:
             self._unavailable = self._silent = False
             logger.warning("Redis at %s is reachable again", self.location)
@@ -331,7 +339,7 @@ class RedisStore(Store):
             return
         now = anyio.current_time()
         if now < self._next_probe:
-            raise StoreUnavailable("the Redis store is unavailable; try again shortly")
+            raise StoreUnavailable("the Redis store is unavailable; try again shortly", maybe_applied=False)
         self._next_probe = now + PROBE_INTERVAL
 
     def _went_away(self, exc: BaseException) -> None:

@@ -7,7 +7,7 @@ import { el, ensureCards, updateCard } from "./render.js";
 
 const projectId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
 let state = initialState(projectId);
-let link = ONLINE; // {offline, lastHeardMs}: whether what the page shows is current
+let link = ONLINE; // {offline, offlineSinceMs}: whether what the page shows is current
 
 const cards = document.getElementById("cards");
 const live = document.getElementById("announcer");
@@ -34,7 +34,7 @@ const connection = new Connection({
 
 function setOffline(offline) {
   if (link.offline === offline) return;
-  link = { ...link, offline };
+  link = { offline, offlineSinceMs: offline ? Date.now() : null }; // contact ended when the connection did
   const banner = document.getElementById("offline");
   banner.hidden = !offline;
   banner.textContent = offline ? `${OFFLINE_REASON} Refresh and Cancel come back with the server.` : "";
@@ -50,7 +50,6 @@ const CONNECTION_TEXT = {
 };
 
 function onMessage(message) {
-  link = { ...link, lastHeardMs: Date.now() };
   const before = state;
   const { state: next, effects } = apply(state, message);
   state = next;

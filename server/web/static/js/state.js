@@ -92,11 +92,12 @@ export function cursor(state) {
   return state.epoch === null ? null : { epoch: state.epoch, after: state.seq };
 }
 
-export const ONLINE = Object.freeze({ offline: false, lastHeardMs: null });
+export const ONLINE = Object.freeze({ offline: false, offlineSinceMs: null });
 export const OFFLINE_REASON = "Offline: the server cannot be reached; reconnecting…";
 
 // What one card shows, from the state and the link to the server: the DOM code only copies it over.
-// While offline nothing the page knows is current: the timer stops ("Last seen running 9s ago")
+// While offline nothing the page knows is current: the timer stops ("Last seen running 9s ago", counted
+// from the moment the connection was lost)
 // and the actions are disabled with a reason, until a reconnect brings the truth.
 export function cardView(state, name, nowMs = Date.now(), link = ONLINE) {
   const entry = state.agents[name] ?? { job: null, last_result: null, last_result_at: null };
@@ -113,7 +114,7 @@ export function cardView(state, name, nowMs = Date.now(), link = ONLINE) {
     canCancel: active && !(job && job.cancel_requested) && !offline,
     disabledReason: offline ? OFFLINE_REASON : null,
     elapsedText: offline && active
-      ? lastSeenText(status, nowMs - (link.lastHeardMs ?? nowMs))
+      ? lastSeenText(status, nowMs - (link.offlineSinceMs ?? nowMs))
       : elapsedText(job, nowMs, state.clockOffsetMs),
     percent: progress?.percent ?? job?.progress?.percent ?? null,
     message: progress?.message ?? job?.progress?.message ?? (status === "queued" ? "waiting for a worker" : null),
