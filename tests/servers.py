@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -97,14 +98,10 @@ class JobcastServer:
 
 @contextlib.contextmanager
 def jobcast_server(
-    args: Sequence[str],
-    log_path: Path,
-    env: dict[str, str] | None = None,
-    port: int | None = None,
-    cwd: Path | None = None,
-    nofile: int | None = None,
+    args: Sequence[str], log_path: Path, env: dict[str, str] | None = None, **options: Any
 ) -> Iterator[JobcastServer]:
-    server = JobcastServer(args, log_path, env, port, cwd, nofile)
+    """A ready :class:`JobcastServer` (same options), stopped afterwards whatever the test did."""
+    server = JobcastServer(args, log_path, env, **options)
     try:
         server.wait_ready()
         yield server
