@@ -116,8 +116,8 @@ class Engine:
         self._owned: set[str] = set()
         #: set at shutdown: writes waiting for the store stop waiting
         self._stopping = anyio.Event()
-        #: starts a shared store did not answer: the write may land when it comes back
-        self._unconfirmed: dict[str, tuple[Job, Agent]] = {}
+        #: starts a shared store did not answer, by (project, agent): the write may land when it comes back
+        self._unconfirmed: dict[tuple[str, str], tuple[set[str], Agent]] = {}
 
     # -- what the API calls ----------------------------------------------------
 
@@ -159,21 +159,21 @@ class Engine:
         self._task_group.start_soon(self._run_guarded, job, agent, name=f"job {job.job_id}")
 
     def _remember_unconfirmed(self, job: Job, agent: Agent) -> None:
-        """Redis may yet run the start it did not answer (it froze with it in hand): look later, once per
-        (project, agent), since the store keeps at most one active job for each."""
-        for job_id, (known, _) in list(self._unconfirmed.items()):
-            if (known.project_id, known.agent) == (job.project_id, job.agent):
-                del self._unconfirmed[job_id]
-        if len(self._unconfirmed) < _UNCONFIRMED_LIMIT:
-            self._unconfirmed[job.job_id] = (job, agent)
+        """Redis may yet run the start it did not answer (it froze with it in hand): look later. The store
+        keeps one active job per (project, agent), so one look each finds whichever of the tries landed."""
+        key = (job.project_id, job.agent)
+        if key in self._unconfirmed:
+            self._unconfirmed[key][0].add(job.job_id)
+        elif len(self._unconfirmed) < _UNCONFIRMED_LIMIT:
+            self._unconfirmed[key] = ({job.job_id}, agent)
 
     async def _confirm_starts(self) -> None:
-        """Run the jobs whose start was answered 503 but landed after all; forget those that did not."""
-        for job_id, (job, agent) in list(self._unconfirmed.items()):
-            stored = await self.store.get_job(job_id)
-            del self._unconfirmed[job_id]
-            if stored is not None and stored.status is JobStatus.QUEUED:
-                logger.info("job %s of %s/%s was stored after all; running it", job_id, job.project_id, job.agent)
+        """Run a job whose start was answered 503 but landed after all; forget the tries that did not."""
+        for key, (job_ids, agent) in list(self._unconfirmed.items()):
+            stored = await self.store.latest_job(*key)
+            del self._unconfirmed[key]
+            if stored is not None and stored.status is JobStatus.QUEUED and stored.job_id in job_ids:
+                logger.info("job %s of %s/%s was stored after all; running it", stored.job_id, *key)
                 self._adopt(stored, agent)
 
     async def _active_or_queue_full(self, project_id: str, agent_name: str) -> tuple[Job, bool]:
