@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from tests.support import unavailable
 
 
 class SmallDisk:
@@ -38,10 +38,7 @@ def small_disk(path: Path, size: str = "4m") -> Iterator[SmallDisk]:
     path.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
     if mounted.returncode != 0:
-        reason = f"cannot mount a tmpfs for a full-disk test: {mounted.stderr.decode().strip()}"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(f"cannot mount a tmpfs for a full-disk test (needs root): {mounted.stderr.decode().strip()}")
     try:
         yield SmallDisk(path)
     finally:

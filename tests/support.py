@@ -31,11 +31,15 @@ POLL_SECONDS = 0.02
 
 def require_program(path: str, missing: str) -> None:
     """A program the tests drive (Chromium, redis-server): in CI its absence fails the run, elsewhere it skips."""
-    if os.path.exists(path):
-        return
+    if not os.path.exists(path):
+        unavailable(missing)
+
+
+def unavailable(reason: str) -> None:
+    """Something a test needs is missing from this machine: in CI that fails the run, elsewhere the test skips."""
     if os.environ.get("CI"):
-        pytest.fail(missing)
-    pytest.skip(missing)
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 def eventually(check: Callable[[], T], *, timeout: float = WAIT, what: str = "the condition") -> T:
