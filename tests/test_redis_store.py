@@ -281,3 +281,35 @@ async def test_another_processs_progress_is_kept_only_while_a_channel_follows_it
             await elsewhere.update_job(running.transition(JobStatus.COMPLETED, result={}), JobStatus.RUNNING)
             await eventually_async(lambda: not hub.latest_progress("p"))  # the final event clears it
         tasks.cancel_scope.cancel()
+
+
+async def test_a_redis_that_cannot_save_to_a_full_disk_is_an_outage(tmp_path: Path) -> None:
+    """Redis refuses writes with MISCONF once a snapshot failed on a full disk: StoreUnavailable (503), not a
+    crash; writes work again once it has saved."""
+    import redis
+
+    from tests.disk import small_disk
+    from tests.redis_server import RedisServer
+    from tests.servers import free_port
+
+    with small_disk(tmp_path / "disk", size="2m") as disk:
+        server = RedisServer(disk.path, free_port())
+        server.start()
+        admin = redis.Redis(port=server.port)
+        try:
+            admin.config_set("save", "3600 1")  # snapshots on, as a Redis that persists has them
+            async with opened(f"{server.base_url}?prefix=misconf") as store:
+                await store.create_job(Job.new("p", "x"))
+                disk.fill()
+                admin.bgsave()
+                await eventually_async(lambda: admin.info("persistence")["rdb_last_bgsave_status"] == "err")
+                with pytest.raises(StoreUnavailable):
+                    await store.create_job(Job.new("p", "y"))
+                disk.free()
+                admin.bgsave()
+                await eventually_async(lambda: admin.info("persistence")["rdb_last_bgsave_status"] == "ok")
+                _, deduplicated = await store.create_job(Job.new("p", "y"))
+                assert not deduplicated
+        finally:
+            admin.close()
+            server.stop()
