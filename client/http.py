@@ -13,12 +13,10 @@ from typing import Any
 
 import httpx
 
-from .answers import auth_headers, describe, json_object, refusal
+from .answers import Record, auth_headers, describe, json_object, refusal
 from .endpoint import Endpoint, quote
 from .errors import ServerUnreachable
 from .subscribe import Subscription, subscribe
-
-Record = dict[str, Any]
 
 #: seconds to wait for a connection and for an answer to an action
 DEFAULT_TIMEOUT = 10.0

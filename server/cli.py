@@ -66,9 +66,9 @@ def serve(argv: Sequence[str]) -> int:
 
     try:
         settings = Settings.from_args(argv)
-        check_shareable(settings)
         # Agents, the store URL and the auth settings are checked here, before any process starts.
         store = store_for(settings)
+        check_shareable(settings, store)
         app = create_app(settings, store=store)
     except ConfigError as exc:
         return _refuse(str(exc), 2)

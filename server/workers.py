@@ -20,7 +20,7 @@ from types import FrameType
 
 from .errors import ConfigError
 from .settings import Settings
-from .store import store_for
+from .store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +33,10 @@ _STEADY_SECONDS = 10.0
 _QUICK_EXITS_ALLOWED = 3
 
 
-def check_shareable(settings: Settings) -> None:
+def check_shareable(settings: Settings, store: Store) -> None:
     """More than one process needs a store they can share (``Store.shared``); refuse the others in one line."""
     scheme = settings.store.partition("://")[0]
-    if settings.workers > 1 and not store_for(settings).shared:
+    if settings.workers > 1 and not store.shared:
         raise ConfigError(
             f"--workers {settings.workers} needs a store the processes can share, like redis://127.0.0.1:6379/0; "
             f"{scheme}: lives inside one process (see docs/scaling.md; for parallel agent jobs use --threads)"
@@ -44,8 +44,9 @@ def check_shareable(settings: Settings) -> None:
 
 
 def run_workers(settings: Settings, listener: socket.socket) -> int:
-    """Start the children on ``listener`` and supervise them until a signal ends the server."""
-    check_shareable(settings)
+    """Start the children on ``listener`` and supervise them until a signal ends the server.
+
+    The caller has checked the store can be shared (:func:`check_shareable`)."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     stopping = threading.Event()
     children = [_start_child(settings, listener) for _ in range(settings.workers)]
