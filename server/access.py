@@ -44,6 +44,11 @@ def project_access(conn: HTTPConnection, right: str) -> tuple[Grant, str]:
     return grant, project_id
 
 
+def requester(conn: HTTPConnection, grant: Grant) -> str:
+    """Whom the scheduler counts a job against: the token's subject, else (open mode, or no subject) the address."""
+    return f"user:{grant.subject}" if grant.subject else f"address:{client_address(conn)}"
+
+
 def check_start(conn: HTTPConnection, grant: Grant) -> None:
     """Count a job start against its token; 429 past the limit. Open mode has no tokens, and no limit."""
     if grant.key:

@@ -7,7 +7,9 @@ and /readyz stay open: they tell load and health, never project data.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+from typing import Any
 
 import anyio
 from starlette.requests import Request
@@ -17,9 +19,11 @@ from starlette.routing import Route
 from . import access, validation
 from .auth import Grant
 from .engine import Engine
-from .errors import JobNotFound, StoreUnavailable
+from .errors import BodyTooLarge, InvalidInput, JobNotFound, StoreUnavailable
 from .jobs import Job
+from .scheduling import IfActive, Priority
 from .views import agents_view, project_view
+from .wire import MAX_INBOUND_BYTES
 
 
 def engine_of(request: Request) -> Engine:
@@ -46,16 +50,71 @@ def resolve_target(request: Request, right: str) -> Target:
     return Target(engine, grant, project_id, agent)
 
 
-async def start_job(request: Request) -> tuple[Job, bool]:
+@dataclasses.dataclass(frozen=True)
+class RefreshOptions:
+    """A refresh's optional JSON body: ``{"priority": "high" | "normal" | "low", "if_active": ...}``."""
+
+    priority: Priority = Priority.NORMAL
+    if_active: IfActive = IfActive.ATTACH
+
+    @classmethod
+    def parse(cls, body: object) -> RefreshOptions:
+        if body is None:
+            return cls()
+        if not isinstance(body, dict):
+            raise InvalidInput("invalid_body", 'the body must be a JSON object like {"priority": "high"}')
+        unknown = sorted(set(body) - {"priority", "if_active"})
+        if unknown:
+            raise InvalidInput(
+                "unknown_field", f"unknown field {unknown[0][:40]!r}; the fields are priority, if_active"
+            )
+        return cls(
+            priority=Priority.parse(body["priority"]) if "priority" in body else Priority.NORMAL,
+            if_active=IfActive.parse(body["if_active"]) if "if_active" in body else IfActive.ATTACH,
+        )
+
+
+async def json_body(request: Request, limit: int = MAX_INBOUND_BYTES) -> Any:
+    """The request's JSON body (None when empty), read no further than ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise InvalidInput("invalid_json", "the body is not valid JSON") from None
+
+
+async def start_job(request: Request, options: RefreshOptions | None = None) -> tuple[Job, bool]:
     """Start (or join) the route's job, counted against the token's start limit."""
     target = resolve_target(request, "run")
+    options = options or RefreshOptions()
     access.check_start(request, target.grant)
-    return await target.engine.start(target.project_id, target.agent)
+    return await target.engine.start(
+        target.project_id,
+        target.agent,
+        priority=options.priority,
+        if_active=options.if_active,
+        started_by=target.grant.subject,
+        requester=access.requester(request, target.grant),
+    )
 
 
 async def refresh(request: Request) -> JSONResponse:
-    job, deduplicated = await start_job(request)
-    return JSONResponse({"job": job.to_dict(), "deduplicated": deduplicated}, status_code=200 if deduplicated else 202)
+    resolve_target(request, "run")  # the token and the path are checked before the body is read
+    options = RefreshOptions.parse(await json_body(request))
+    job, deduplicated = await start_job(request, options)
+    body = {"job": await engine_of(request).with_place(job), "deduplicated": deduplicated}
+    return JSONResponse(body, status_code=200 if deduplicated else 202)
 
 
 async def cancel(request: Request) -> JSONResponse:
@@ -74,7 +133,7 @@ async def agent_job(request: Request) -> JSONResponse:
     job = await target.engine.store.latest_job(target.project_id, target.agent)
     if job is None:
         raise JobNotFound(f"project {target.project_id!r} has no {target.agent!r} job yet")
-    return JSONResponse(job.to_dict())
+    return JSONResponse(await target.engine.with_place(job))
 
 
 async def job_by_id(request: Request) -> JSONResponse:
@@ -84,7 +143,7 @@ async def job_by_id(request: Request) -> JSONResponse:
     job = await engine_of(request).store.get_job(job_id)
     if job is None or not grant.covers(job.project_id):
         raise JobNotFound(f"no job with id {job_id[:80]!r}")
-    return JSONResponse(job.to_dict())
+    return JSONResponse(await engine_of(request).with_place(job))
 
 
 async def history(request: Request) -> JSONResponse:

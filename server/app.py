@@ -47,9 +47,11 @@ def create_app(
             async with anyio.create_task_group() as task_group:
                 hub = Hub(store, task_group, settings.send_buffer)
                 engine = Engine(store, agents, settings, task_group, progress_sink=hub)
+                hub.queue_source = engine.places
                 await _recover(engine)
                 if store.shared:
                     task_group.start_soon(engine.keep_leases, name="leases")
+                task_group.start_soon(engine.schedule, name="scheduler")
                 logger.info(
                     "jobcast ready: store %s (epoch %s), agents %s, %d threads",
                     store.kind,

@@ -44,6 +44,7 @@ _VERSION = "jc1"
 _MAX_TOKEN_LENGTH = 4096
 _SHAPE = re.compile(r"jc1\.([A-Za-z0-9_-]{1,4000})\.([A-Za-z0-9_-]{43})")
 _TTL = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd]?)")  # ASCII digits: \d would take "١"
+_SUBJECT = re.compile(r"[!-~]{1,128}")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -56,6 +57,8 @@ class Grant:
     expires_at: float | None
     #: the rate limiter's name for the token: a digest, never the token itself ("" when open)
     key: str = ""
+    #: who the token was minted for (``jobcast token --subject``): jobs record it as ``started_by``
+    subject: str | None = None
 
     def covers(self, project_id: str) -> bool:
         return self.projects is None or project_id in self.projects
@@ -86,9 +89,18 @@ class TokenSigner:
     def __repr__(self) -> str:
         return "TokenSigner(<secret>)"
 
-    def mint(self, projects: Sequence[str], rights: Iterable[str], ttl: float, now: float) -> str:
-        """A token for ``projects`` (``["*"]`` for all) with ``rights``, valid ``ttl`` seconds from ``now``."""
-        claims = {"p": _project_claim(projects), "r": _rights_claim(rights), "exp": round(now + _checked_ttl(ttl), 3)}
+    def mint(
+        self, projects: Sequence[str], rights: Iterable[str], ttl: float, now: float, subject: str | None = None
+    ) -> str:
+        """A token for ``projects`` (``["*"]`` for all) with ``rights``, valid ``ttl`` seconds from ``now``,
+        naming ``subject`` (a user) if given."""
+        claims: dict[str, Any] = {
+            "p": _project_claim(projects),
+            "r": _rights_claim(rights),
+            "exp": round(now + _checked_ttl(ttl), 3),
+        }
+        if subject is not None:
+            claims["sub"] = parse_subject(subject)
         payload = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
         return f"{_VERSION}.{payload}.{self._sign(payload)}"
 
@@ -167,6 +179,13 @@ def parse_rights(text: str) -> tuple[str, ...]:
     return _rights_claim(part.strip() for part in text.split(",") if part.strip())
 
 
+def parse_subject(text: str) -> str:
+    """A user name for ``--subject``: 1 to 128 printable ASCII characters, no spaces."""
+    if not _SUBJECT.fullmatch(text):
+        raise ValueError("a subject is 1 to 128 printable ASCII characters without spaces, like alice@example.com")
+    return text
+
+
 def _checked_ttl(ttl: float) -> float:
     if not (math.isfinite(ttl) and 0 < ttl <= MAX_TTL_SECONDS):
         raise ValueError("the lifetime must be greater than 0 and at most 366 days")
@@ -202,16 +221,18 @@ def _claims(payload: str) -> dict[str, Any]:
 
 
 def _grant(claims: dict[str, Any], key: str) -> Grant:
-    projects, rights, expires = claims.get("p"), claims.get("r"), claims.get("exp")
+    projects, rights, expires, subject = claims.get("p"), claims.get("r"), claims.get("exp"), claims.get("sub")
     if not isinstance(expires, int | float) or isinstance(expires, bool) or not math.isfinite(expires):
+        raise InvalidToken()
+    if subject is not None and not (isinstance(subject, str) and _SUBJECT.fullmatch(subject)):
         raise InvalidToken()
     if not isinstance(rights, list) or not rights or not all(right in RIGHTS for right in rights):
         raise InvalidToken()
     if projects == ALL_PROJECTS:
-        return Grant(None, frozenset(rights), float(expires), key)
+        return Grant(None, frozenset(rights), float(expires), key, subject)
     if not isinstance(projects, list) or not all(isinstance(p, str) for p in projects):
         raise InvalidToken()
-    return Grant(frozenset(projects), frozenset(rights), float(expires), key)
+    return Grant(frozenset(projects), frozenset(rights), float(expires), key, subject)
 
 
 def _b64(data: bytes) -> str:

@@ -160,6 +160,8 @@ class Channel:
         self.cursor = 0
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._advanced: anyio.Event | None = None
+        #: set (and replaced) each time a queued job's place changes: long-polls answer with it
+        self._moved = anyio.Event()
         self.scope = anyio.CancelScope()
 
     async def run(self) -> None:
@@ -209,6 +211,33 @@ class Channel:
                 self._advanced = anyio.Event()
             await self._advanced.wait()
         return self.cursor > after
+
+    async def wait_past_or_moved(self, after: int) -> bool:
+        """Like :meth:`wait_past`, but also return (False) when a queued job's place changes."""
+        moved = self._moved
+        result = False
+        async with anyio.create_task_group() as waits:
+
+            async def past() -> None:
+                nonlocal result
+                result = await self.wait_past(after)
+                waits.cancel_scope.cancel()
+
+            async def place_changed() -> None:
+                await moved.wait()
+                waits.cancel_scope.cancel()
+
+            waits.start_soon(past)
+            waits.start_soon(place_changed)
+        return result
+
+    def publish_places(self, messages: dict[str, Message]) -> None:
+        """Queued jobs' new places (``queue`` messages): latest-value, never replayed, so no seq gates them."""
+        for job_id, message in messages.items():
+            for subscriber in self.subscribers:
+                subscriber.push_progress(job_id, 0, message)
+        self._moved.set()
+        self._moved = anyio.Event()
 
     def finished(self, job_id: str) -> bool:
         return job_id in self._finished

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .auth import ALL_PROJECTS, RIGHTS, TokenSigner, parse_rights, parse_ttl
+from .auth import ALL_PROJECTS, RIGHTS, TokenSigner, parse_rights, parse_subject, parse_ttl
 from .errors import ConfigError
 from .runner import host_port, run_server
 from .settings import Settings, argparse_type, build_serve_parser
@@ -51,6 +51,11 @@ def _add_token_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     token.add_argument(
         "--ttl", type=argparse_type(parse_ttl), default=3600.0, help="lifetime: 90s, 30m, 1h, 7d (default 1h)"
+    )
+    token.add_argument(
+        "--subject",
+        type=argparse_type(parse_subject),
+        help="the user the token is for: jobs it starts record it as started_by, and per-user limits count it",
     )
 
 
@@ -98,7 +103,7 @@ def mint_token(options: argparse.Namespace) -> int:
         secret = options.secret or Settings.from_env().secret
         if not secret:
             raise ConfigError("no secret: pass --secret or set JOBCAST_SECRET")
-        token = TokenSigner(secret).mint(options.projects, options.rights, options.ttl, time.time())
+        token = TokenSigner(secret).mint(options.projects, options.rights, options.ttl, time.time(), options.subject)
     except (ConfigError, ValueError) as exc:
         print(f"jobcast: error: {exc}", file=sys.stderr)
         return 2

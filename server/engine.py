@@ -1,4 +1,4 @@
-"""The job engine: single flight, worker slots, timeouts, cancellation.
+"""The job engine: single flight, the scheduler's loop, worker slots, timeouts, cancellation.
 
 Agent code is the only thing that runs in threads. Everything here runs on the event
 loop; every change to a job goes through the store's compare-and-set, so a job that
@@ -12,6 +12,8 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -24,18 +26,16 @@ from jobcast.agents import Agent
 
 from .backoff import Backoff
 from .context import RunContext
-from .errors import NothingToCancel, QueueFull, StaleJob, StoreUnavailable, UnknownAgent
-from .jobs import Event, Job, JobError, JobStatus, Progress, ProgressUpdate
+from .errors import NothingToCancel, StaleJob, StoreUnavailable, UnknownAgent
+from .jobs import Job, JobError, JobStatus, Progress, ProgressUpdate
 from .plugins import agent_timeout
+from .scheduling import Caps, IfActive, Place, Priority, places
 from .settings import Settings
 from .store import Store
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-#: Starts answered 503 that are looked for once the store is back; a flood of retries cannot grow it further.
-_UNCONFIRMED_LIMIT = 1000
 
 #: At most this many progress events (and store writes) per second per job.
 PROGRESS_WRITES_PER_SECOND = 10
@@ -48,6 +48,9 @@ class ProgressSink(Protocol):
 
     def job_ended(self, project_id: str, job_id: str) -> None: ...
 
+    def queue_changed(self) -> None:
+        """A job was queued, started or ended somewhere: places in the queue may have moved."""
+
 
 class _NoSink:
     def publish_progress(self, update: ProgressUpdate) -> None:
@@ -55,6 +58,19 @@ class _NoSink:
 
     def job_ended(self, project_id: str, job_id: str) -> None:
         pass
+
+    def queue_changed(self) -> None:
+        pass
+
+
+def caps_for(settings: Settings, agents: Mapping[str, Agent]) -> Caps:
+    """The limits on running jobs: the settings', and each agent's ``max_running``."""
+    per_agent = {name: int(getattr(agent, "max_running", 0) or 0) for name, agent in agents.items()}
+    return Caps(
+        per_project=settings.max_running_per_project,
+        per_user=settings.max_running_per_user,
+        per_agent={name: cap for name, cap in per_agent.items() if cap},
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -93,6 +109,12 @@ class _Run:
 
 
 class Engine:
+    """Queues jobs, starts them on this process's free threads in the scheduler's order, and supervises them.
+
+    The queue lives in the store, so with a shared store every process (``jobcast serve``
+    and ``jobcast worker``) takes the next job the rules of :mod:`.scheduling` allow.
+    """
+
     def __init__(
         self,
         store: Store,
@@ -104,20 +126,25 @@ class Engine:
         self.store = store
         self._sink: ProgressSink = progress_sink or _NoSink()
         self.agents = agents
-        #: threads, max_queued, job_timeout, demo_seconds and progress_interval are the engine's
+        #: threads, max_queued, job_timeout, demo_seconds, progress_interval and the limits are the engine's
         self.settings = settings
+        self.caps = caps_for(settings, agents)
+        #: where a job ran, on its record
+        self.runner = {"host": socket.gethostname(), "pid": os.getpid()}
         self._task_group = task_group
-        # Slots are held from "running" until the thread really returns, even after a
+        # A slot is held from "running" until the thread really returns, even after a
         # timeout, so --threads is a true bound on agent threads.
-        self._slots = anyio.CapacityLimiter(settings.threads)
-        self._threads = anyio.CapacityLimiter(settings.threads)
+        self._free_slots = settings.threads
+        self._threads = anyio.CapacityLimiter(max(settings.threads, 1))
         self._runs: dict[str, _Run] = {}
-        #: jobs this process accepted and has not finished, queued or running; it holds their leases
+        #: running jobs this process started and has not finished; it holds their leases
         self._owned: set[str] = set()
-        #: set at shutdown: writes waiting for the store stop waiting
+        #: set at shutdown: no job starts, and writes waiting for the store stop waiting
         self._stopping = anyio.Event()
-        #: starts a shared store did not answer, by (project, agent): the write may land when it comes back
-        self._unconfirmed: dict[tuple[str, str], tuple[set[str], Agent]] = {}
+        self._wake = anyio.Event()
+        #: jobs whose cancel came between their start in the store and their run here (embedded stores;
+        #: with a shared one the lease round tells)
+        self._cancel_on_start: set[str] = set()
 
     # -- what the API calls ----------------------------------------------------
 
@@ -132,56 +159,30 @@ class Engine:
 
     @property
     def busy_threads(self) -> int:
-        return int(self._slots.borrowed_tokens)
+        return self.settings.threads - self._free_slots
 
-    @property
-    def queued_here(self) -> int:
-        return len(self._owned) - len(self._runs)
-
-    async def start(self, project_id: str, agent_name: str) -> tuple[Job, bool]:
-        """Queue a job, or return the one already queued or running (deduplicated)."""
-        agent = self.agent(agent_name)
-        if self.queued_here >= self.settings.max_queued:
-            return await self._active_or_queue_full(project_id, agent_name)
-        new = Job.new(project_id, agent_name)
-        try:
-            job, deduplicated = await self.store.create_job(new)
-        except StoreUnavailable as exc:
-            if self.store.shared and exc.maybe_applied:
-                self._remember_unconfirmed(new, agent)
-            raise
-        if not deduplicated:
-            self._adopt(job, agent)
+    async def start(
+        self,
+        project_id: str,
+        agent_name: str,
+        *,
+        priority: Priority = Priority.NORMAL,
+        if_active: IfActive = IfActive.ATTACH,
+        started_by: str | None = None,
+        requester: str = "",
+    ) -> tuple[Job, bool]:
+        """Queue a job, or return the active one (``if_active``: see :func:`~server.scheduling.decide_start`)."""
+        self.agent(agent_name)
+        new = Job.new(project_id, agent_name, priority=priority.value, started_by=started_by, requester=requester)
+        job, deduplicated = await self.store.create_job(new, if_active, self.settings.max_queued)
+        if not deduplicated and if_active is IfActive.REPLACE:
+            for (
+                run
+            ) in self._runs.values():  # the store recorded the cancel; stop ours without waiting for a lease round
+                if (run.job.project_id, run.job.agent) == (project_id, agent_name) and run.job.job_id != job.job_id:
+                    run.ctx.cancel()
+        self._wake.set()
         return job, deduplicated
-
-    def _adopt(self, job: Job, agent: Agent) -> None:
-        self._owned.add(job.job_id)
-        self._task_group.start_soon(self._run_guarded, job, agent, name=f"job {job.job_id}")
-
-    def _remember_unconfirmed(self, job: Job, agent: Agent) -> None:
-        """Redis may yet run the start it did not answer (it froze with it in hand): look later. The store
-        keeps one active job per (project, agent), so one look each finds whichever of the tries landed."""
-        key = (job.project_id, job.agent)
-        if key in self._unconfirmed:
-            self._unconfirmed[key][0].add(job.job_id)
-        elif len(self._unconfirmed) < _UNCONFIRMED_LIMIT:
-            self._unconfirmed[key] = ({job.job_id}, agent)
-
-    async def _confirm_starts(self) -> None:
-        """Run a job whose start was answered 503 but landed after all; forget the tries that did not."""
-        for key, (job_ids, agent) in list(self._unconfirmed.items()):
-            stored = await self.store.latest_job(*key)
-            del self._unconfirmed[key]
-            if stored is not None and stored.status is JobStatus.QUEUED and stored.job_id in job_ids:
-                logger.info("job %s of %s/%s was stored after all; running it", stored.job_id, *key)
-                self._adopt(stored, agent)
-
-    async def _active_or_queue_full(self, project_id: str, agent_name: str) -> tuple[Job, bool]:
-        # A start that would be deduplicated costs no queue space, so it still succeeds.
-        active = await self.store.latest_job(project_id, agent_name)
-        if active is not None and active.status.is_active:
-            return active, True
-        raise QueueFull(self.settings.max_queued)
 
     async def cancel(self, project_id: str, agent_name: str) -> Job:
         """Cancel a queued job at once; ask a running one to stop at its next check."""
@@ -209,7 +210,72 @@ class Engine:
         if run is not None:
             run.seq = requested.seq
             run.ctx.cancel()
+        elif not self.store.shared:
+            self._cancel_on_start.add(job.job_id)  # started a moment ago; its run is not registered yet
         return requested.job
+
+    async def places(self) -> dict[str, Place]:
+        """Where each queued job stands, by job id."""
+        state = await self.store.queue_state()
+        return {place.job_id: place for place in places(state, self.caps)}
+
+    async def with_place(self, job: Job) -> dict[str, Any]:
+        """A job's public record, with its place in the queue if it is queued."""
+        place = (await self.places()).get(job.job_id) if job.status is JobStatus.QUEUED else None
+        return job.to_dict(queue=None if place is None else place.to_dict())
+
+    # -- scheduling -------------------------------------------------------------------
+
+    async def schedule(self) -> None:
+        """For the life of the app: start queued jobs on free threads, and tell the sink the queue moved.
+
+        Woken by this process's starts and ends and by every change to the shared queue;
+        a shared store is also looked at every second, in case a wake-up was lost.
+        """
+        self._task_group.start_soon(self._watch_queue, name="queue watch")
+        failing = False
+        while not self._stopping.is_set():
+            with anyio.move_on_after(1.0 if self.store.shared else math.inf):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            try:
+                await self._fill_threads()
+                failing = False
+            except StoreUnavailable:
+                await anyio.sleep(0.5)  # the store logged it; try again
+                self._wake.set()
+            except Exception:
+                if not failing:
+                    logger.exception("the scheduler failed to start a job; retrying")
+                failing = True
+                await anyio.sleep(1.0)
+                self._wake.set()
+            self._sink.queue_changed()
+
+    async def _watch_queue(self) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                await self.store.wait_for_queue_change(30.0)
+                backoff.reset()
+            except StoreUnavailable:
+                await backoff.sleep()
+            self._wake.set()
+
+    async def _fill_threads(self) -> None:
+        while self._free_slots > 0 and not self._stopping.is_set():
+            began = await self.store.start_next(self.caps, self.runner, self.agents.keys())
+            if began is None:
+                return
+            self._free_slots -= 1
+            job = began.job
+            self._owned.add(job.job_id)
+            run = _Run(job=job, seq=began.seq, ctx=self._context(job), progress=job.progress)
+            self._runs[job.job_id] = run  # at once: a cancel from now on finds it
+            if job.job_id in self._cancel_on_start:
+                self._cancel_on_start.discard(job.job_id)
+                run.ctx.cancel()
+            self._task_group.start_soon(self._run_guarded, run, name=f"job {job.job_id}")
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -256,7 +322,6 @@ class Engine:
             if run is not None:
                 run.ctx.cancel()  # a lost job's outcome is discarded by the compare-and-set anyway
         await self.recover("the process running the job stopped renewing its lease")
-        await self._confirm_starts()  # after the renewals, which must not wait on it
 
     async def shutdown(self) -> None:
         """Stop taking work: tell running agents to stop and fail what cannot finish now."""
@@ -286,10 +351,11 @@ class Engine:
 
     # -- running a job ---------------------------------------------------------------
 
-    async def _run_guarded(self, job: Job, agent: Agent) -> None:
+    async def _run_guarded(self, run: _Run) -> None:
         """A job's task. A bug here must not take the task group, and the server, down."""
+        job = run.job
         try:
-            await self._run(job, agent)
+            await self._run(run, self.agents[job.agent])
         except StoreUnavailable:
             logger.warning(
                 "job %s of %s/%s could not be saved: %s",
@@ -303,36 +369,16 @@ class Engine:
             await self._fail_after_crash(job.job_id)
         finally:
             self._owned.discard(job.job_id)
+            self._free_slots += 1
+            self._wake.set()
 
-    async def _run(self, job: Job, agent: Agent) -> None:
-        async with self._slots:
-            began = await self._begin(job)
-            if began is None:
-                return
-            running = began.job
-            run = _Run(job=running, seq=began.seq, ctx=self._context(running), progress=running.progress)
-            self._runs[running.job_id] = run
-            try:
-                outcome = await self._supervise(run, agent)
-                await self._finish(run, outcome)
-            finally:
-                del self._runs[running.job_id]
-                self._sink.job_ended(running.project_id, running.job_id)
-
-    async def _begin(self, job: Job) -> Event | None:
-        running = job.transition(JobStatus.RUNNING)
+    async def _run(self, run: _Run, agent: Agent) -> None:
         try:
-            return await self._until_saved(self.store.update_job, running, JobStatus.QUEUED)
-        except StaleJob:
-            return await self._landed_late(running)
-
-    async def _landed_late(self, running: Job) -> Event | None:
-        """The job is not queued any more: cancelled while it waited, or our own start landed after all
-        (a store that froze answered 503, then ran the write it held). Only the latter runs."""
-        stored = await self.store.get_job(running.job_id)
-        if stored is None or stored.status is not JobStatus.RUNNING or stored.started_at != running.started_at:
-            return None
-        return Event(epoch=self.store.epoch, seq=await self.store.last_seq(running.project_id), job=stored)
+            outcome = await self._supervise(run, agent)
+            await self._finish(run, outcome)
+        finally:
+            del self._runs[run.job.job_id]
+            self._sink.job_ended(run.job.project_id, run.job.job_id)
 
     async def _until_saved(self, write: Callable[..., Awaitable[T]], *args: Any) -> T:
         """A write the job cannot go on without, retried while the store is down (a full disk, Redis away).

@@ -9,7 +9,8 @@ The tree::
     ├── NoSuchEndpoint           404 not_found, a WebSocket to a path no route serves
     ├── NothingToCancel          409
     ├── StoreUnavailable         503
-    ├── QueueFull                503, this process already holds --max-queued queued jobs
+    ├── QueueFull                503, --max-queued jobs are queued already (across the cluster on Redis)
+    ├── BodyTooLarge             413 body_too_large, a request body over 64 KiB
     ├── IllegalTransition        500, a bug: the engine asked for a move the state machine forbids
     ├── StaleJob                 409, a compare-and-set lost: someone else changed the job first
     ├── Unauthorized             401, no valid token (the base of the three below)
@@ -115,7 +116,16 @@ class QueueFull(JobcastError):
     http_status = 503
 
     def __init__(self, limit: int) -> None:
-        super().__init__(f"this server already has {limit} queued jobs; try again once some have started")
+        super().__init__(f"the queue already holds {limit} jobs; try again once some have started")
+        self.limit = limit
+
+
+class BodyTooLarge(JobcastError):
+    code = "body_too_large"
+    http_status = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is over {limit // 1024} KiB")
         self.limit = limit
 
 

@@ -19,8 +19,12 @@ from anyio.abc import TaskGroup
 from .channel import Channel, EpochChanged, Subscriber
 from .errors import StoreUnavailable
 from .jobs import ProgressUpdate
+from .scheduling import Place
 from .store import Store
-from .wire import CHANNEL_FAILED, NEW_EPOCH, Message, progress_message
+from .wire import CHANNEL_FAILED, NEW_EPOCH, Message, progress_message, queue_message
+
+#: A queued job's place is pushed at most this often (it is latest-value, like progress).
+QUEUE_PUSH_INTERVAL = 1.0
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +46,12 @@ class Hub:
         self._unshared: dict[str, ProgressUpdate] = {}
         #: set when the server begins to shut down: open streams and long-polls end at once
         self.closing = anyio.Event()
+        #: where queued jobs stand (the engine's :meth:`~server.engine.Engine.places`); set by the app
+        self.queue_source: Callable[[], Coroutine[Any, Any, dict[str, Place]]] | None = None
+        #: the last ``queue`` message sent for each queued job of each followed project
+        self._places: dict[str, dict[str, Message]] = {}
+        self._places_stale = False
+        self._placing = False
 
     @property
     def subscriber_count(self) -> int:
@@ -70,6 +80,7 @@ class Hub:
             channel = self._channels[project_id] = Channel(project_id, self.store, self._deliver_progress)
             channel.on_final = self.job_ended
             self._task_group.start_soon(self._run_channel, channel, name=f"channel {project_id}")
+            self.queue_changed()  # its queued jobs' places, for the new subscribers
         channel.subscribers.add(subscriber)  # before waiting, so the channel cannot close under us
         await channel.ready.wait()
         if channel.failure is not None:
@@ -85,6 +96,7 @@ class Hub:
             channel.scope.cancel()
             del self._channels[project_id]
             self._forget_remote_progress(project_id)
+            self._places.pop(project_id, None)
 
     def _forget_remote_progress(self, project_id: str) -> None:
         """Without a channel, nothing tells this process when another process's job ends."""
@@ -101,7 +113,7 @@ class Hub:
             await self.join(project_id, waiter)
             channel = self._channels.get(project_id)
             with anyio.move_on_after(timeout):
-                return channel is not None and await channel.wait_past(after)
+                return channel is not None and await channel.wait_past_or_moved(after)
             return False
         finally:
             self.leave(project_id, waiter)
@@ -135,9 +147,55 @@ class Hub:
         self._task_group.start_soon(function, *args)
 
     def add_latest_progress(self, project_id: str, subscriber: Subscriber) -> None:
-        """After a snapshot or resume, hand the subscriber each running job's latest progress."""
+        """After a snapshot or resume, hand the subscriber each running job's latest progress and queued job's place."""
         for update in self._latest.get(project_id, {}).values():
             subscriber.push_progress(update.job_id, update.seq, progress_message(update))
+        for job_id, message in self._places.get(project_id, {}).items():
+            subscriber.push_progress(job_id, 0, message)
+
+    # -- where queued jobs stand ------------------------------------------------------------
+
+    def queue_changed(self) -> None:
+        """Called by the engine whenever the queue may have moved: push the places that changed,
+        at once if none went out in the last second, else at the end of that second."""
+        if self._placing:
+            self._places_stale = True
+            return
+        self._placing = True
+        self._task_group.start_soon(self._push_places, name="queue places")
+
+    async def _push_places(self) -> None:
+        try:
+            while True:
+                self._places_stale = False
+                try:
+                    await self._push_places_once()
+                except StoreUnavailable:
+                    self._places_stale = True  # the store logged it; the next round catches up
+                except Exception:  # runs in the app's task group: an error here must not end the app
+                    logger.exception("could not work out where queued jobs stand")
+                await anyio.sleep(QUEUE_PUSH_INTERVAL)
+                if not self._places_stale:
+                    return
+        finally:
+            self._placing = False
+
+    async def _push_places_once(self) -> None:
+        if self.queue_source is None or not self._channels:
+            self._places.clear()
+            return
+        found = await self.queue_source()
+        fresh: dict[str, dict[str, Message]] = {}
+        for place in found.values():
+            if place.project_id in self._channels:
+                fresh.setdefault(place.project_id, {})[place.job_id] = queue_message(place)
+        for project_id, messages in fresh.items():
+            channel = self._channels.get(project_id)
+            sent = self._places.get(project_id, {})
+            changed = {job_id: m for job_id, m in messages.items() if job_id not in sent or sent[job_id].text != m.text}
+            if channel is not None and changed:
+                channel.publish_places(changed)
+        self._places = fresh
 
     def latest_progress(self, project_id: str) -> list[dict[str, Any]]:
         """The latest progress of each running job of the project, for long-poll replies."""

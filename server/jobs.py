@@ -17,7 +17,7 @@ from .errors import IllegalTransition
 
 
 class JobStatus(enum.StrEnum):
-    #: accepted, waiting for a free worker slot
+    #: accepted, waiting for a free thread and its limits (:mod:`server.scheduling`)
     QUEUED = "queued"
     #: the agent's ``refresh`` is running in a worker thread
     RUNNING = "running"
@@ -107,9 +107,27 @@ class Job:
     cancel_requested: bool = False
     result: dict[str, Any] | None = None
     error: JobError | None = None
+    #: ``high``, ``normal`` or ``low`` (:class:`~server.scheduling.Priority`): the order of the queue
+    priority: str = "normal"
+    #: the token's subject, or None in open mode
+    started_by: str | None = None
+    #: who the scheduler counts the job against: the subject, else the client address; not public
+    requester: str = ""
+    #: a follow-up waits for this job (the one active when it was asked for) to end before it starts
+    after: str | None = None
+    #: where the job ran: ``{"host": ..., "pid": ...}``, once it starts
+    runner: dict[str, Any] | None = None
 
     @classmethod
-    def new(cls, project_id: str, agent: str) -> Job:
+    def new(
+        cls,
+        project_id: str,
+        agent: str,
+        *,
+        priority: str = "normal",
+        started_by: str | None = None,
+        requester: str = "",
+    ) -> Job:
         created = now()
         return cls(
             job_id=uuid.uuid4().hex,
@@ -118,7 +136,17 @@ class Job:
             status=JobStatus.QUEUED,
             created_at=created,
             updated_at=created,
+            priority=priority,
+            started_by=started_by,
+            requester=requester or (started_by or ""),
         )
+
+    def following(self, job_id: str | None) -> Job:
+        return dataclasses.replace(self, after=job_id)
+
+    def started_on(self, runner: Mapping[str, Any]) -> Job:
+        """The running record, as claimed by the process ``runner`` names."""
+        return dataclasses.replace(self.transition(JobStatus.RUNNING), runner=dict(runner))
 
     def transition(
         self,
@@ -152,8 +180,11 @@ class Job:
         end = self.finished_at if self.finished_at is not None else (now() if at is None else at)
         return round(max(0.0, end - self.started_at), 3)
 
-    def to_dict(self, at: float | None = None) -> dict[str, Any]:
-        """The public JSON shape of a job, the same in every API and event."""
+    def to_dict(self, at: float | None = None, queue: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The public JSON shape of a job, the same in every API and event.
+
+        ``queue`` is where a queued job stands (:mod:`server.scheduling`), when the caller knows it.
+        """
         return {
             "job_id": self.job_id,
             "project_id": self.project_id,
@@ -168,6 +199,11 @@ class Job:
             "cancel_requested": self.cancel_requested,
             "result": self.result,
             "error": None if self.error is None else self.error.to_dict(),
+            "priority": self.priority,
+            "started_by": self.started_by,
+            "after": self.after,
+            "runner": self.runner,
+            "queue": None if queue is None else dict(queue),
         }
 
     def to_record(self) -> dict[str, Any]:

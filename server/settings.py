@@ -110,7 +110,9 @@ class Settings:
     #: ``--agent`` repeated, or ``JOBCAST_AGENTS`` comma-separated
     agents: tuple[str, ...] = option(DEFAULT_AGENTS, _agent_list, "agents to load, as module:attribute")
     workers: int = option(1, _positive_int, "server processes; more than 1 needs a redis:// store")
-    threads: int = option(8, _positive_int, "agent jobs that run at once in each process")
+    threads: int = option(
+        8, _non_negative_int, "agent jobs that run at once in each process (0: run none here; needs redis://)"
+    )
     lease_seconds: float = option(
         15.0, _positive_float, "how long a job's lease lasts unless its process renews it (redis://)"
     )
@@ -134,7 +136,13 @@ class Settings:
     max_connections_per_client: int = option(50, _positive_int, "open WebSockets and streams per client address")
     starts_per_minute: int = option(30, _positive_int, "job starts one token may make per minute (with --secret)")
     ws_messages_per_second: int = option(20, _positive_int, "messages a WebSocket client may send per second")
-    max_queued: int = option(100, _positive_int, "queued jobs this process holds before refusing with queue_full")
+    max_queued: int = option(
+        100, _positive_int, "queued jobs (across every process sharing the store) before refusing with queue_full"
+    )
+    max_running_per_project: int = option(0, _non_negative_int, "running jobs of one project at once (0: no limit)")
+    max_running_per_user: int = option(
+        0, _non_negative_int, "running jobs one user (token subject, else client address) has at once (0: no limit)"
+    )
     ws_compression: bool = option(False, _boolean, "offer permessage-deflate on WebSockets", flag=True)
     app_dir: str = option(".", str, "folder that --agent modules are imported from, before installed packages")
     header_timeout: float = option(5.0, _positive_float, "seconds a connection has to send a request's headers")

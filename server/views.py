@@ -15,7 +15,7 @@ async def project_view(engine: Engine, project_id: str) -> dict[str, Any]:
         "project_id": project_id,
         "epoch": engine.store.epoch,
         "seq": state.seq,
-        "agents": agents_state(state),
+        "agents": agents_state(state, await engine.places()),
     }
 
 

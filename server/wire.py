@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .jobs import Event, ProgressUpdate, ProjectState, isoformat, now
+from .scheduling import Place
 
 #: The largest message a client may send (uvicorn enforces it on the socket, the transport on the text).
 MAX_INBOUND_BYTES = 64 * 1024
@@ -64,6 +65,21 @@ def progress_message(update: ProgressUpdate) -> Message:
     return Message("progress", encode(update.to_dict()))
 
 
+def queue_message(place: Place) -> Message:
+    """Where a queued job stands: ``{"type": "queue", "project_id", "agent", "job_id", "position", ...}``."""
+    return Message("queue", encode(queue_payload(place)))
+
+
+def queue_payload(place: Place) -> dict[str, Any]:
+    return {
+        "type": "queue",
+        "project_id": place.project_id,
+        "agent": place.agent,
+        "job_id": place.job_id,
+        **place.to_dict(),
+    }
+
+
 def snapshot_message(project_id: str, epoch: str, state: ProjectState, reason: str) -> Message:
     """The whole project, ``recovered: false``: what a subscriber gets when it cannot resume exactly."""
     payload = {
@@ -93,13 +109,15 @@ def error_payload(code: str, message: str) -> dict[str, Any]:
     return {"type": "error", "code": code, "message": message}
 
 
-def agents_state(state: ProjectState) -> dict[str, Any]:
-    """The ``agents`` object of a project status or snapshot."""
+def agents_state(state: ProjectState, places: Mapping[str, Place] | None = None) -> dict[str, Any]:
+    """The ``agents`` object of a project status or snapshot; ``places``: where queued jobs stand, by job id."""
     agents: dict[str, Any] = {}
+    places = places or {}
     for name, job in state.jobs.items():
         last = state.results.get(name)
+        place = None if job is None else places.get(job.job_id)
         agents[name] = {
-            "job": None if job is None else job.to_dict(),
+            "job": None if job is None else job.to_dict(queue=None if place is None else place.to_dict()),
             "last_result": None if last is None else last.result,
             "last_result_at": None if last is None else isoformat(last.at),
         }
@@ -128,13 +146,15 @@ def client_reply(text: str) -> dict[str, Any]:
 # -- long-poll replies ----------------------------------------------------------------------------
 
 
-def poll_snapshot(project_id: str, epoch: str, state: ProjectState, reason: str) -> dict[str, Any]:
+def poll_snapshot(
+    project_id: str, epoch: str, state: ProjectState, reason: str, places: Mapping[str, Place] | None = None
+) -> dict[str, Any]:
     return {
         "epoch": epoch,
         "seq": state.seq,
         "recovered": False,
         "reason": reason,
-        "snapshot": {"project_id": project_id, "agents": agents_state(state), "server_time": server_time()},
+        "snapshot": {"project_id": project_id, "agents": agents_state(state, places), "server_time": server_time()},
         "events": [],
     }
 

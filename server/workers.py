@@ -41,6 +41,11 @@ def check_shareable(settings: Settings, store: Store) -> None:
             f"--workers {settings.workers} needs a store the processes can share, like redis://127.0.0.1:6379/0; "
             f"{scheme}: lives inside one process (see docs/scaling.md; for parallel agent jobs use --threads)"
         )
+    if settings.threads == 0 and not store.shared:
+        raise ConfigError(
+            f"--threads 0 runs no jobs in this process, so they need a jobcast worker sharing the store; "
+            f"{scheme}: cannot be shared. Use redis://127.0.0.1:6379/0 (see docs/scheduling.md)"
+        )
 
 
 def run_workers(settings: Settings, listener: socket.socket) -> int:

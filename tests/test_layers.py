@@ -15,12 +15,12 @@ PACKAGE = Path(jobcast.__file__).parent
 #: A module may import its own layer and the layers below, never one above. The wire format is pure and sits
 #: with the jobs it describes, so the hub can encode each event once for every subscriber.
 SERVER_LAYERS: list[set[str]] = [
-    {"errors", "jobs", "validation", "backoff", "settings", "cursor", "logs", "uvicorn_ws", "wire"},
+    {"errors", "jobs", "scheduling", "validation", "backoff", "settings", "cursor", "logs", "uvicorn_ws", "wire"},
     {"store"},
     {"context", "plugins", "engine", "channel", "hub"},
     {"views", "auth", "limits", "access", "origins", "http_errors"},
     {"api", "legacy", "push", "pages"},
-    {"app", "runner", "connections", "cli", "workers"},
+    {"app", "runner", "connections", "cli", "workers", "worker"},
 ]
 
 

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 from .. import access, validation
 from ..cursor import Snapshot, parse_cursor, plan
 from ..wire import poll_events as events_reply
-from ..wire import poll_snapshot
+from ..wire import poll_snapshot, queue_payload
 from .streams import REPLAY_BATCH, Services, services_of
 
 MAX_WAIT_SECONDS = 30
@@ -37,7 +37,7 @@ async def _poll(request: Request, services: Services, project_id: str, wait: int
     )
     if isinstance(decision, Snapshot):
         state = await store.snapshot(project_id, list(services.engine.agents))
-        body = poll_snapshot(project_id, store.epoch, state, decision.reason)
+        body = poll_snapshot(project_id, store.epoch, state, decision.reason, await services.engine.places())
     else:
         events = await store.events_after(project_id, decision.after, REPLAY_BATCH)
         if (
@@ -48,4 +48,6 @@ async def _poll(request: Request, services: Services, project_id: str, wait: int
             events = await store.events_after(project_id, decision.after, REPLAY_BATCH)
         body = events_reply(store.epoch, decision.after, events)
     body["progress"] = [p for p in services.hub.latest_progress(project_id) if p["seq"] <= body["seq"]]
+    places = await services.engine.places()
+    body["queue"] = [queue_payload(place) for place in places.values() if place.project_id == project_id]
     return JSONResponse(body)

@@ -12,11 +12,16 @@ import abc
 import dataclasses
 import math
 import urllib.parse
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import anyio
 
+from ..errors import StaleJob
 from ..jobs import Event, Job, JobStatus, LastResult, Progress, ProgressUpdate, ProjectState
+from ..scheduling import Caps, IfActive, QueueState, next_startable, over_limit
+
+#: A claim that loses a race (another process took the job, or a limit filled) looks again this many times.
+_CLAIM_TRIES = 5
 
 
 class Store(abc.ABC):
@@ -33,6 +38,8 @@ class Store(abc.ABC):
 
     def __init__(self) -> None:
         self._feed = ChangeFeed()
+        self._queue_change = anyio.Event()
+        self._claiming = anyio.Lock()
 
     def claim(self, serving: str | None = None) -> None:
         """Take the store for this process before it serves (``jobcast serve`` calls it first).
@@ -53,12 +60,64 @@ class Store(abc.ABC):
         await self.last_seq("")
 
     @abc.abstractmethod
-    async def create_job(self, job: Job) -> tuple[Job, bool]:
-        """Insert a queued job unless one is active for its (project, agent).
+    async def create_job(
+        self, job: Job, if_active: IfActive = IfActive.ATTACH, max_queued: int = 0
+    ) -> tuple[Job, bool]:
+        """Queue ``job``, or not, as :func:`~server.scheduling.decide_start` rules for ``if_active``.
 
-        Returns ``(job, False)`` when inserted (its event appended), or
-        ``(active_job, True)`` when one was already queued or running.
+        Returns ``(job, False)`` when inserted (its event appended, and those of any job it
+        replaced), or ``(active_job, True)`` when it attached to one already queued or running.
+        Raises :class:`~server.errors.QueueFull` when it would insert and ``max_queued``
+        (0: no bound) jobs are queued already, across every process sharing the store.
         """
+
+    @abc.abstractmethod
+    async def queue_state(self) -> QueueState:
+        """Every queued and running job, as the scheduler sees them."""
+
+    async def start_queued(self, running: Job, caps: Caps) -> Event | None:
+        """Start a queued job: its ``running`` record, written only if it is still queued and no limit
+        holds it back now. None when a limit does; :class:`~server.errors.StaleJob` when it is not queued.
+
+        This default serves stores only one process writes, whose engine claims one job at a time.
+        """
+        async with self._claiming:
+            state = await self.queue_state()
+            waiting = next((job for job in state.queued if job.job_id == running.job_id), None)
+            if waiting is None:
+                raise StaleJob(running.job_id, JobStatus.QUEUED.value)
+            if over_limit(waiting, state, caps) is not None:
+                return None
+            return await self.update_job(running, JobStatus.QUEUED)
+
+    async def start_next(
+        self, caps: Caps, runner: Mapping[str, object], runnable: Collection[str] | None = None
+    ) -> Event | None:
+        """Start the job a free thread should take (:func:`~server.scheduling.next_startable`), if any."""
+        for _ in range(_CLAIM_TRIES):
+            candidate = next_startable(await self.queue_state(), caps, runnable)
+            if candidate is None:
+                return None
+            job = await self.get_job(candidate.job_id)
+            if job is None or job.status is not JobStatus.QUEUED:
+                continue
+            try:
+                event = await self.start_queued(job.started_on(runner), caps)
+            except StaleJob:
+                continue  # another process took it first
+            if event is not None:
+                return event
+        return None
+
+    async def wait_for_queue_change(self, timeout: float) -> None:
+        """Return when a job was queued, started or ended (in any process sharing the store), or after ``timeout``."""
+        changed = self._queue_change
+        with anyio.move_on_after(timeout):
+            await changed.wait()
+
+    def _queue_changed(self) -> None:
+        self._queue_change.set()
+        self._queue_change = anyio.Event()
 
     @abc.abstractmethod
     async def update_job(self, job: Job, expected: JobStatus) -> Event:
@@ -130,11 +189,11 @@ class Store(abc.ABC):
         return LeaseReport()
 
     async def orphaned_jobs(self) -> list[Job]:
-        """Queued or running jobs whose process is gone.
+        """Running jobs whose process is gone. Queued jobs belong to no process: they wait for a thread.
 
-        In a store only one process uses, that is every active job the caller does not run.
+        In a store only one process uses, that is every running job the caller does not run.
         """
-        return await self.active_jobs()
+        return [job for job in await self.active_jobs() if job.status is JobStatus.RUNNING]
 
     async def check_epoch(self) -> str:
         """The current epoch, after making sure it still describes the log (shared stores)."""
@@ -187,6 +246,34 @@ class ChangeFeed:
         event = self._events.pop(project_id, None)
         if event is not None:
             event.set()
+
+
+class ActiveJobs:
+    """The queued and running jobs of a store only this process writes, kept in memory for the scheduler."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+
+    def apply(self, job: Job) -> None:
+        """Called after every write that landed."""
+        if job.status.is_active:
+            self._jobs[job.job_id] = job
+        else:
+            self._jobs.pop(job.job_id, None)
+
+    def of(self, project_id: str, agent: str) -> list[Job]:
+        """The (project, agent)'s active jobs, oldest first: the head, then any follow-up."""
+        found = [job for job in self._jobs.values() if job.project_id == project_id and job.agent == agent]
+        return sorted(found, key=lambda job: (job.created_at, job.job_id))
+
+    def queued_count(self) -> int:
+        return sum(job.status is JobStatus.QUEUED for job in self._jobs.values())
+
+    def state(self) -> QueueState:
+        return QueueState.of(self._jobs.values())
+
+    def jobs(self) -> list[Job]:
+        return list(self._jobs.values())
 
 
 def newest_first(jobs: Sequence[Job], limit: int) -> list[Job]:

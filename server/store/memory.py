@@ -6,9 +6,10 @@ import dataclasses
 import uuid
 from collections.abc import Sequence
 
-from ..errors import StaleJob
+from ..errors import QueueFull, StaleJob
 from ..jobs import Event, Job, JobStatus, LastResult, Progress, ProjectState
-from .base import Store, newest_first
+from ..scheduling import IfActive, QueueState, decide_start
+from .base import ActiveJobs, Store, newest_first
 
 
 class MemoryStore(Store):
@@ -18,28 +19,42 @@ class MemoryStore(Store):
         super().__init__()
         self.epoch = uuid.uuid4().hex[:12]
         self._jobs: dict[str, Job] = {}
-        self._active: dict[tuple[str, str], str] = {}
+        self._active = ActiveJobs()
         self._results: dict[tuple[str, str], LastResult] = {}
         self._events: dict[str, list[Event]] = {}
 
-    async def create_job(self, job: Job) -> tuple[Job, bool]:
-        active_id = self._active.get((job.project_id, job.agent))
-        if active_id is not None:
-            return self._jobs[active_id], True
-        self._jobs[job.job_id] = job
-        self._active[(job.project_id, job.agent)] = job.job_id
-        self._append(job)
-        return job, False
+    async def create_job(
+        self, job: Job, if_active: IfActive = IfActive.ATTACH, max_queued: int = 0
+    ) -> tuple[Job, bool]:
+        # No await until the end: the decision and its writes are one step.
+        decision = decide_start(self._active.of(job.project_id, job.agent), job, if_active)
+        if decision.insert is None:
+            return decision.job, True
+        if max_queued and self._active.queued_count() - len(decision.cancel) >= max_queued:
+            raise QueueFull(max_queued)
+        for record in (*decision.cancel, *([decision.stop] if decision.stop else [])):
+            self._write(record)
+        self._write(decision.insert)
+        self._queue_changed()
+        return decision.job, False
+
+    async def queue_state(self) -> QueueState:
+        return self._active.state()
 
     async def update_job(self, job: Job, expected: JobStatus) -> Event:
         stored = self._jobs.get(job.job_id)
         if stored is None or stored.status is not expected:
             raise StaleJob(job.job_id, expected.value)
+        event = self._write(job)
+        if job.status is not expected:
+            self._queue_changed()
+        return event
+
+    def _write(self, job: Job) -> Event:
         self._jobs[job.job_id] = job
-        key = (job.project_id, job.agent)
-        if job.status.is_final:
-            self._active.pop(key, None)
+        self._active.apply(job)
         if job.status is JobStatus.COMPLETED and job.result is not None:
+            key = (job.project_id, job.agent)
             self._results[key] = LastResult(job_id=job.job_id, result=job.result, at=job.updated_at)
         return self._append(job)
 
@@ -55,9 +70,9 @@ class MemoryStore(Store):
         return self._latest(project_id, agent)
 
     def _latest(self, project_id: str, agent: str) -> Job | None:
-        active_id = self._active.get((project_id, agent))
-        if active_id is not None:
-            return self._jobs[active_id]
+        active = self._active.of(project_id, agent)
+        if active:
+            return active[-1]
         jobs = self._list(project_id, agent, 1)
         return jobs[0] if jobs else None
 
@@ -85,7 +100,7 @@ class MemoryStore(Store):
         )
 
     async def active_jobs(self) -> list[Job]:
-        return [self._jobs[job_id] for job_id in self._active.values()]
+        return self._active.jobs()
 
     async def project_ids(self) -> list[str]:
         def newest(project_id: str) -> float:

@@ -33,8 +33,9 @@ from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..errors import StaleJob, StoreUnavailable
+from ..errors import QueueFull, StaleJob, StoreUnavailable
 from ..jobs import ACTIVE_STATES, Event, Job, JobStatus, LastResult, Progress, ProgressUpdate, ProjectState
+from ..scheduling import Caps, IfActive, Queued, QueueState, RunningJob, decide_start
 from .base import Follower, LeaseReport, Store, redacted
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ T = TypeVar("T")
 
 #: Progress entries kept per project: only the newest matter, readers are never far behind.
 _PROGRESS_KEEP = 64
+#: A refresh that raced another one for the same (project, agent) reads and decides again this many times.
+_START_TRIES = 20
 #: A blocking read waits this long before it loops, well inside the socket timeout.
 _BLOCK_MS = 1000
 _SOCKET_TIMEOUT = 5.0
@@ -99,41 +102,133 @@ if not epoch then return {'noepoch'} end
 """
 )
 
-# ARGV: prefix, project, agent, job_id, record, created_at, updated_at, maxlen, owner, lease_ms
-_CREATE = (
-    _WRITE
-    + """
-local active = redis.call('HGET', p .. 'active:' .. project, agent)
-if active then
-  local record = redis.call('HGET', p .. 'job:' .. active, 'record')
-  if record then return {'dup', record} end
+_SCHED = """
+local function queue_changed(p)
+  redis.call('XADD', p .. 'sched', 'MAXLEN', '~', 256, '*', 'k', '1')
 end
-redis.call('HSET', p .. 'job:' .. id, 'status', QUEUED, 'record', ARGV[5])
-redis.call('HSET', p .. 'active:' .. project, agent, id)
-redis.call('SADD', p .. 'active', id)
-redis.call('ZADD', p .. 'hist:' .. project, ARGV[6], id)
-redis.call('ZADD', p .. 'hist:' .. project .. ':' .. agent, ARGV[6], id)
-redis.call('SET', p .. 'lease:' .. id, ARGV[9], 'PX', ARGV[10])
-return {'ok', append(p, project, ARGV[5], ARGV[7], ARGV[8]), epoch}
+"""
+
+#: What ends a job's part in the queue: out of ``queued``, out of ``running`` (and its counts), and,
+#: once final, its (project, agent)'s follow-up becomes the head.
+_LEAVE = """
+local function leave(p, project, agent, id, from, to)
+  if from == to then return end
+  if from == QUEUED then redis.call('HDEL', p .. 'queued', id) end
+  if from == RUNNING then
+    if redis.call('HDEL', p .. 'running', id) == 1 then
+      local user = redis.call('HGET', p .. 'job:' .. id, 'user') or ''
+      redis.call('HINCRBY', p .. 'counts', 'p:' .. project, -1)
+      redis.call('HINCRBY', p .. 'counts', 'a:' .. agent, -1)
+      redis.call('HINCRBY', p .. 'counts', 'u:' .. user, -1)
+    end
+  end
+  if not ACTIVE[to] then
+    local heads, nexts = p .. 'active:' .. project, p .. 'next:' .. project
+    if redis.call('HGET', heads, agent) == id then
+      local follow = redis.call('HGET', nexts, agent)
+      if follow then
+        redis.call('HSET', heads, agent, follow)
+        redis.call('HDEL', nexts, agent)
+      else
+        redis.call('HDEL', heads, agent)
+      end
+    elseif redis.call('HGET', nexts, agent) == id then
+      redis.call('HDEL', nexts, agent)
+    end
+    redis.call('SREM', p .. 'active', id)
+    redis.call('DEL', p .. 'lease:' .. id)
+  end
+  queue_changed(p)
+end
+"""
+
+# ARGV: prefix, project, agent, '', plan (JSON: seen, max_queued, cancel, stop, insert), maxlen
+#: The refresh a process decided (server/scheduling.py decide_start) from the active jobs it read:
+#: written only if they are still exactly as it saw them; otherwise it reads and decides again.
+_START = (
+    _WRITE
+    + _SCHED
+    + _LEAVE
+    + """
+local plan = cjson.decode(ARGV[5])
+local heads, nexts = p .. 'active:' .. project, p .. 'next:' .. project
+local seen = {redis.call('HGET', heads, agent) or '', redis.call('HGET', nexts, agent) or ''}
+for i = 1, 2 do
+  local want = plan.seen[i]
+  if seen[i] ~= want[1] then return {'retry'} end
+  if want[1] ~= '' then
+    local fields = redis.call('HMGET', p .. 'job:' .. want[1], 'status', 'cancel')
+    if fields[1] ~= want[2] or (fields[2] or '0') ~= want[3] then return {'retry'} end
+  end
+end
+if plan.max_queued > 0 and redis.call('HLEN', p .. 'queued') - #plan.cancel >= plan.max_queued then
+  return {'full'}
+end
+local seq = 0
+for _, job in ipairs(plan.cancel) do
+  redis.call('HSET', p .. 'job:' .. job.id, 'status', job.status, 'record', job.record)
+  leave(p, project, agent, job.id, QUEUED, job.status)
+  seq = append(p, project, job.record, job.updated_at, ARGV[6])
+end
+if plan.stop ~= cjson.null then
+  redis.call('HSET', p .. 'job:' .. plan.stop.id, 'record', plan.stop.record, 'cancel', '1')
+  seq = append(p, project, plan.stop.record, plan.stop.updated_at, ARGV[6])
+end
+local new = plan.insert
+redis.call('HSET', p .. 'job:' .. new.id, 'status', QUEUED, 'record', new.record, 'user', new.user)
+redis.call('HSET', p .. 'queued', new.id, new.meta)
+redis.call('SADD', p .. 'active', new.id)
+redis.call('ZADD', p .. 'hist:' .. project, new.created_at, new.id)
+redis.call('ZADD', p .. 'hist:' .. project .. ':' .. agent, new.created_at, new.id)
+if redis.call('HEXISTS', heads, agent) == 1 then
+  redis.call('HSET', nexts, agent, new.id)
+else
+  redis.call('HSET', heads, agent, new.id)
+end
+seq = append(p, project, new.record, new.updated_at, ARGV[6])
+queue_changed(p)
+return {'ok', seq, epoch}
+"""
+)
+
+# ARGV: prefix, project, agent, job_id, record, updated_at, maxlen, owner, lease_ms,
+#       per_project, per_agent, per_user, after, running meta
+#: Start a queued job, if it is still queued and no limit holds it back: the check and the start are one step.
+_CLAIM = (
+    _WRITE
+    + _SCHED
+    + """
+local key = p .. 'job:' .. id
+if redis.call('HGET', key, 'status') ~= QUEUED then return {'stale'} end
+if ARGV[13] ~= '' and ACTIVE[redis.call('HGET', p .. 'job:' .. ARGV[13], 'status')] then return {'held'} end
+local user = redis.call('HGET', key, 'user') or ''
+local counted = {{'p:' .. project, ARGV[10]}, {'a:' .. agent, ARGV[11]}, {'u:' .. user, ARGV[12]}}
+for _, pair in ipairs(counted) do
+  local cap = tonumber(pair[2])
+  if cap > 0 and tonumber(redis.call('HGET', p .. 'counts', pair[1]) or '0') >= cap then return {'held'} end
+end
+for _, pair in ipairs(counted) do redis.call('HINCRBY', p .. 'counts', pair[1], 1) end
+redis.call('HSET', key, 'status', RUNNING, 'record', ARGV[5])
+redis.call('HDEL', p .. 'queued', id)
+redis.call('HSET', p .. 'running', id, ARGV[14])
+redis.call('SET', p .. 'lease:' .. id, ARGV[8], 'PX', ARGV[9])
+queue_changed(p)
+return {'ok', append(p, project, ARGV[5], ARGV[6], ARGV[7]), epoch}
 """
 )
 
 # ARGV: prefix, project, agent, job_id, expected, status, record, updated_at, maxlen, final, result, cancel
 _UPDATE = (
     _WRITE
+    + _SCHED
+    + _LEAVE
     + """
 local key = p .. 'job:' .. id
 if redis.call('HGET', key, 'status') ~= ARGV[5] then return {'stale'} end
 redis.call('HSET', key, 'status', ARGV[6], 'record', ARGV[7])
 redis.call('HDEL', key, 'progress')
 if ARGV[12] == '1' then redis.call('HSET', key, 'cancel', '1') end
-if ARGV[10] == '1' then
-  if redis.call('HGET', p .. 'active:' .. project, agent) == id then
-    redis.call('HDEL', p .. 'active:' .. project, agent)
-  end
-  redis.call('SREM', p .. 'active', id)
-  redis.call('DEL', p .. 'lease:' .. id)
-end
+leave(p, project, agent, id, ARGV[5], ARGV[6])
 if ARGV[11] ~= '' then redis.call('HSET', p .. 'results:' .. project, agent, ARGV[11]) end
 return {'ok', append(p, project, ARGV[7], ARGV[8], ARGV[9]), epoch}
 """
@@ -163,14 +258,16 @@ end
 return {lost, cancel}
 """
 
-# ARGV: prefix; returns the records of active jobs nobody holds a lease on
+# ARGV: prefix; returns the records of running jobs nobody holds a lease on (queued ones wait for any process)
 _ORPHANS = """
 local p = ARGV[1]
 local found = {}
 for _, id in ipairs(redis.call('SMEMBERS', p .. 'active')) do
-  if redis.call('EXISTS', p .. 'lease:' .. id) == 0 then
-    local record = redis.call('HGET', p .. 'job:' .. id, 'record')
-    if record then found[#found + 1] = record else redis.call('SREM', p .. 'active', id) end
+  local fields = redis.call('HMGET', p .. 'job:' .. id, 'status', 'record')
+  if not fields[2] then
+    redis.call('SREM', p .. 'active', id)
+  elseif fields[1] == RUNNING and redis.call('EXISTS', p .. 'lease:' .. id) == 0 then
+    found[#found + 1] = fields[2]
   end
 end
 return found
@@ -201,7 +298,7 @@ local p, project = ARGV[1], ARGV[2]
 local jobs = {}
 for i = 3, #ARGV do
   local agent = ARGV[i]
-  local id = redis.call('HGET', p .. 'active:' .. project, agent)
+  local id = redis.call('HGET', p .. 'next:' .. project, agent) or redis.call('HGET', p .. 'active:' .. project, agent)
   if not id then id = redis.call('ZREVRANGE', p .. 'hist:' .. project .. ':' .. agent, 0, 0)[1] end
   jobs[#jobs + 1] = job(p, id)
 end
@@ -275,7 +372,8 @@ class RedisStore(Store):
         self._scripts = {
             name: self.client.register_script(_STATES + source)
             for name, source in {
-                "create": _CREATE,
+                "start": _START,
+                "claim": _CLAIM,
                 "update": _UPDATE,
                 "set_progress": _SET_PROGRESS,
                 "renew": _RENEW,
@@ -285,6 +383,8 @@ class RedisStore(Store):
             }.items()
         }
         self._epoch_checked = False
+        #: the last entry this process read of the stream that says the queue changed
+        self._sched_id: str | None = None
         self._epoch_lock = anyio.Lock()
         self._unavailable = False
         #: the outage is Redis not answering at all (frozen, a black hole), not a quick refusal
@@ -391,25 +491,97 @@ class RedisStore(Store):
 
     # -- writes --------------------------------------------------------------------------
 
-    async def create_job(self, job: Job) -> tuple[Job, bool]:
+    async def create_job(
+        self, job: Job, if_active: IfActive = IfActive.ATTACH, max_queued: int = 0
+    ) -> tuple[Job, bool]:
+        """Read the agent's active jobs, decide as every store does, and write only if nothing changed meanwhile."""
+        for _ in range(_START_TRIES):
+            active = await self._active_of(job.project_id, job.agent)
+            decision = decide_start(active, job, if_active)
+            if decision.insert is None:
+                return decision.job, True
+            reply = await self._script(
+                "start", job.project_id, job.agent, "", _plan(active, decision, max_queued), self.history
+            )
+            if reply[0] == "full":
+                raise QueueFull(max_queued)
+            if reply[0] == "ok":
+                self._adopt_epoch(reply[2])
+                return decision.job, False
+        raise StoreUnavailable("too many refreshes of this agent at once; try again", maybe_applied=False)
+
+    async def _active_of(self, project_id: str, agent: str) -> list[Job]:
+        """The (project, agent)'s head and follow-up, with ``cancel_requested`` as the store holds it."""
+
+        async def read() -> list[Any]:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hget(self._key("active", project_id), agent).hget(self._key("next", project_id), agent)
+                return list(await pipe.execute())
+
+        ids = [job_id for job_id in await self._call(read) if job_id]
+        return await self._jobs(ids)
+
+    async def queue_state(self) -> QueueState:
+        async def read() -> list[Any]:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hvals(self._key("queued")).hvals(self._key("running"))
+                return list(await pipe.execute())
+
+        queued, running = await self._call(read)
+        return QueueState(
+            [Queued.from_record(json.loads(meta)) for meta in queued],
+            [RunningJob.from_record(json.loads(meta)) for meta in running],
+        )
+
+    async def start_queued(self, running: Job, caps: Caps) -> Event | None:
         reply = await self._script(
-            "create",
-            job.project_id,
-            job.agent,
-            job.job_id,
-            _record(job),
-            job.created_at,
-            job.updated_at,
+            "claim",
+            running.project_id,
+            running.agent,
+            running.job_id,
+            _record(running),
+            running.updated_at,
             self.history,
             self.owner,
             int(self.lease_seconds * 1000),
+            caps.per_project,
+            caps.per_agent.get(running.agent, 0),
+            caps.per_user,
+            running.after or "",
+            json.dumps(RunningJob.of(running).to_record()),
         )
-        if reply[0] == "dup":
-            return _job(reply[1]), True
+        if reply[0] == "stale":
+            raise StaleJob(running.job_id, JobStatus.QUEUED.value)
+        if reply[0] == "held":
+            return None
         self._adopt_epoch(reply[2])
-        return job, False
+        return Event(epoch=reply[2], seq=int(reply[1]), job=running)
+
+    async def wait_for_queue_change(self, timeout: float) -> None:
+        """One blocking read of the stream every process appends to when the queue changes."""
+        with anyio.move_on_after(timeout):
+            if self._sched_id is None:
+                newest = await self._call(self.client.xrevrange, self._key("sched"), count=1)
+                self._sched_id = newest[0][0] if newest else "0-0"
+            while True:
+                replies = await self._call_within(
+                    _READ_DEADLINE,
+                    self.readers.xread,
+                    {self._key("sched"): self._sched_id},
+                    count=1000,
+                    block=_BLOCK_MS,
+                )
+                for _, entries in replies or ():
+                    if entries:
+                        self._sched_id = entries[-1][0]
+                        return
 
     async def update_job(self, job: Job, expected: JobStatus) -> Event:
+        if expected is JobStatus.QUEUED and job.status is JobStatus.RUNNING:
+            started = await self.start_queued(job, Caps())  # a start takes the lease and counts as running
+            if started is None:
+                raise StaleJob(job.job_id, expected.value)
+            return started
         result = ""
         if job.status is JobStatus.COMPLETED and job.result is not None:
             result = json.dumps({"job_id": job.job_id, "result": job.result, "at": job.updated_at})
@@ -473,11 +645,11 @@ class RedisStore(Store):
         return [_job(record, progress) for record, progress in rows if record is not None]
 
     async def latest_job(self, project_id: str, agent: str) -> Job | None:
-        job_id = await self._call(self.client.hget, self._key("active", project_id), agent)
-        if job_id is None:
-            newest = await self._call(self.client.zrevrange, self._key("hist", project_id, agent), 0, 0)
-            job_id = newest[0] if newest else None
-        return None if job_id is None else await self.get_job(job_id)
+        active = await self._active_of(project_id, agent)
+        if active:
+            return active[-1]
+        newest = await self._call(self.client.zrevrange, self._key("hist", project_id, agent), 0, 0)
+        return await self.get_job(newest[0]) if newest else None
 
     async def list_jobs(self, project_id: str, agent: str | None, limit: int) -> list[Job]:
         key = self._key("hist", project_id) if agent is None else self._key("hist", project_id, agent)
@@ -583,6 +755,31 @@ class _RedisFollower(Follower):
 
 def _record(job: Job) -> str:
     return json.dumps(job.to_record())
+
+
+def _plan(active: Sequence[Job], decision: Any, max_queued: int) -> str:
+    """The start script's argument: what the process saw of the active jobs, and what it decided."""
+    seen = [[job.job_id, job.status.value, "1" if job.cancel_requested else "0"] for job in active]
+    seen += [["", "", "0"]] * (2 - len(seen))
+    insert = decision.insert
+    return json.dumps(
+        {
+            "seen": seen,
+            "max_queued": max_queued,
+            "cancel": [_written(job) for job in decision.cancel],
+            "stop": None if decision.stop is None else _written(decision.stop),
+            "insert": {
+                **_written(insert),
+                "user": insert.requester,
+                "meta": json.dumps(Queued.of(insert).to_record()),
+                "created_at": insert.created_at,
+            },
+        }
+    )
+
+
+def _written(job: Job) -> dict[str, Any]:
+    return {"id": job.job_id, "status": job.status.value, "record": _record(job), "updated_at": job.updated_at}
 
 
 def _job(record: str, progress: str | None = None) -> Job:

@@ -1,8 +1,8 @@
 """``sqlite:///path.db``: the embedded default. Jobs, results and the event log survive restarts.
 
 One connection, used from one worker thread at a time (a limiter of 1), so the event
-loop never waits on disk and writes are serialised. A partial unique index makes
-"one active job per (project, agent)" a fact the database enforces. One process owns
+loop never waits on disk and writes are serialised; a refresh decides and writes in one
+transaction, so what it sees of the agent's active jobs is what it changes. One process owns
 the file (:mod:`.owner`): a second one is refused before it writes anything.
 
 Errors name the file in the server log only; clients are told what failed, not where.
@@ -22,9 +22,10 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from ..errors import ConfigError, StaleJob, StoreUnavailable
+from ..errors import ConfigError, QueueFull, StaleJob, StoreUnavailable
 from ..jobs import ACTIVE_STATES, Event, Job, JobStatus, LastResult, Progress, ProjectState
-from .base import Store
+from ..scheduling import IfActive, QueueState, decide_start
+from .base import ActiveJobs, Store
 from .owner import OwnerLock
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ T = TypeVar("T")
 _ACTIVE = "(" + ", ".join(sorted(f"'{status.value}'" for status in ACTIVE_STATES)) + ")"
 
 RUNNING = JobStatus.RUNNING.value
+QUEUED = JobStatus.QUEUED.value
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,8 +50,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_project ON jobs (project_id, agent, created_at);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status) WHERE status IN {_ACTIVE};
-CREATE UNIQUE INDEX IF NOT EXISTS one_active_job ON jobs (project_id, agent)
-    WHERE status IN {_ACTIVE};
+DROP INDEX IF EXISTS one_active_job;
+CREATE INDEX IF NOT EXISTS active_jobs ON jobs (project_id, agent) WHERE status IN {_ACTIVE};
 CREATE TABLE IF NOT EXISTS last_results (
     project_id TEXT NOT NULL,
     agent TEXT NOT NULL,
@@ -95,6 +97,8 @@ class SQLiteStore(Store):
         self._limiter = anyio.CapacityLimiter(1)
         self._owner = OwnerLock(path)
         self._failing = False
+        #: the queue, in memory: this process is the only writer, and the file is the truth at open
+        self._active = ActiveJobs()
 
     def claim(self, serving: str | None = None) -> None:
         """Own and open the file before the server starts, so a failure is one line, not a traceback."""
@@ -131,6 +135,8 @@ class SQLiteStore(Store):
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
             self.epoch = _ensure_epoch(db)
+            for (record,) in db.execute(f"SELECT record FROM jobs WHERE status IN {_ACTIVE}"):
+                self._active.apply(_job(record))
         except BaseException:
             db.close()
             raise
@@ -162,47 +168,75 @@ class SQLiteStore(Store):
 
     # -- writes ---------------------------------------------------------------
 
-    async def create_job(self, job: Job) -> tuple[Job, bool]:
-        stored, deduplicated = await self._run(self._create_job, job)
+    async def create_job(
+        self, job: Job, if_active: IfActive = IfActive.ATTACH, max_queued: int = 0
+    ) -> tuple[Job, bool]:
+        stored, deduplicated, written = await self._run(self._create_job, job, if_active, max_queued)
+        for record in written:
+            self._active.apply(record)
         if not deduplicated:
             self._notify(job.project_id)
+            self._queue_changed()
         return stored, deduplicated
 
-    def _create_job(self, job: Job) -> tuple[Job, bool]:
+    def _create_job(self, job: Job, if_active: IfActive, max_queued: int) -> tuple[Job, bool, list[Job]]:
         with self._transaction() as db:
-            row = db.execute(
-                f"SELECT record FROM jobs WHERE project_id = ? AND agent = ? AND status IN {_ACTIVE}",
+            rows = db.execute(
+                f"SELECT record FROM jobs WHERE project_id = ? AND agent = ? AND status IN {_ACTIVE} "
+                "ORDER BY created_at, job_id",
                 (job.project_id, job.agent),
-            ).fetchone()
-            if row is not None:
-                return _job(row[0]), True
+            ).fetchall()
+            decision = decide_start([_job(row[0]) for row in rows], job, if_active)
+            if decision.insert is None:
+                return decision.job, True, []
+            if max_queued:
+                (queued,) = db.execute(f"SELECT count(*) FROM jobs WHERE status = '{QUEUED}'").fetchone()
+                if queued - len(decision.cancel) >= max_queued:
+                    raise QueueFull(max_queued)
+            written = []
+            for record in decision.cancel:
+                self._write(db, record, JobStatus.QUEUED)
+                written.append(record)
+            if decision.stop is not None:
+                self._write(db, decision.stop, JobStatus.RUNNING)
+                written.append(decision.stop)
+            new = decision.insert
             db.execute(
                 "INSERT INTO jobs (job_id, project_id, agent, status, created_at, record) VALUES (?, ?, ?, ?, ?, ?)",
-                (job.job_id, job.project_id, job.agent, job.status.value, job.created_at, _record(job)),
+                (new.job_id, new.project_id, new.agent, new.status.value, new.created_at, _record(new)),
             )
-            self._append(db, job)
-        return job, False
+            self._append(db, new)
+        return decision.job, False, [*written, new]
+
+    async def queue_state(self) -> QueueState:
+        return self._active.state()
 
     async def update_job(self, job: Job, expected: JobStatus) -> Event:
         event = await self._run(self._update_job, job, expected)
+        self._active.apply(job)
         self._notify(job.project_id)
+        if job.status is not expected:
+            self._queue_changed()
         return event
 
     def _update_job(self, job: Job, expected: JobStatus) -> Event:
         with self._transaction() as db:
-            changed = db.execute(
-                "UPDATE jobs SET status = ?, record = ? WHERE job_id = ? AND status = ?",
-                (job.status.value, _record(job), job.job_id, expected.value),
-            ).rowcount
-            if changed != 1:
-                raise StaleJob(job.job_id, expected.value)
-            if job.status is JobStatus.COMPLETED and job.result is not None:
-                db.execute(
-                    "INSERT OR REPLACE INTO last_results (project_id, agent, job_id, result, at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (job.project_id, job.agent, job.job_id, json.dumps(job.result), job.updated_at),
-                )
-            return self._append(db, job)
+            return self._write(db, job, expected)
+
+    def _write(self, db: sqlite3.Connection, job: Job, expected: JobStatus) -> Event:
+        """Inside a transaction: the compare-and-set on status, the last result, the event."""
+        changed = db.execute(
+            "UPDATE jobs SET status = ?, record = ? WHERE job_id = ? AND status = ?",
+            (job.status.value, _record(job), job.job_id, expected.value),
+        ).rowcount
+        if changed != 1:
+            raise StaleJob(job.job_id, expected.value)
+        if job.status is JobStatus.COMPLETED and job.result is not None:
+            db.execute(
+                "INSERT OR REPLACE INTO last_results (project_id, agent, job_id, result, at) VALUES (?, ?, ?, ?, ?)",
+                (job.project_id, job.agent, job.job_id, json.dumps(job.result), job.updated_at),
+            )
+        return self._append(db, job)
 
     def _append(self, db: sqlite3.Connection, job: Job) -> Event:
         row = db.execute(
