@@ -2,7 +2,9 @@
 
 An agent is any object with a ``name`` and a ``refresh(project_id, ctx)`` that returns a
 JSON-serialisable dict. jobcast calls ``refresh`` in a worker thread, so it may block.
-An optional ``timeout`` attribute (seconds) overrides the server's ``--job-timeout``.
+An optional ``timeout`` attribute (seconds) overrides the server's ``--job-timeout``, and
+an optional ``max_running`` attribute bounds how many of its jobs run at once across
+every process sharing the store (a provider's concurrency cap; see docs/scheduling.md).
 """
 
 from __future__ import annotations

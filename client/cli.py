@@ -102,6 +102,17 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _transport_option(refresh)
     refresh.add_argument("--no-wait", action="store_true", help="print the job ids and exit 0 at once")
     refresh.add_argument(
+        "--priority",
+        choices=("high", "normal", "low"),
+        help="where the jobs go in the queue (the server's default: normal)",
+    )
+    refresh.add_argument(
+        "--if-active",
+        choices=("attach", "replace", "queue"),
+        help="when the agent already has a job: join it (attach, the default), cancel it and start anew "
+        "(replace), or queue one follow-up after it (queue)",
+    )
+    refresh.add_argument(
         "--timeout",
         type=_seconds,
         metavar="S",

@@ -222,7 +222,7 @@ async def refresh(options: argparse.Namespace, out: Output) -> ExitCode:
     jobs = Jobs(unique(options.agents))
     if options.no_wait:
         async with JobcastClient(options.url, token=options.token) as client:
-            await _start(client, options.project, jobs, Screen(out, View(options.project)))
+            await _start(client, options, jobs, Screen(out, View(options.project)))
         return ExitCode.OK
     screen = Screen(out, View(options.project, only=tuple(jobs.agents)))
     with anyio.move_on_after(options.timeout) as deadline:
@@ -232,9 +232,9 @@ async def refresh(options: argparse.Namespace, out: Output) -> ExitCode:
     return _report(jobs, out)
 
 
-async def _start(client: JobcastClient, project_id: str, jobs: Jobs, screen: Screen) -> None:
+async def _start(client: JobcastClient, options: argparse.Namespace, jobs: Jobs, screen: Screen) -> None:
     for agent in jobs.agents:
-        started = await client.start(project_id, agent)
+        started = await client.start(options.project, agent, priority=options.priority, if_active=options.if_active)
         jobs.track(agent, started.job)
         _announce(started, screen.out)
     jobs.started = True
@@ -262,11 +262,11 @@ async def _on_message(
     if kind == "snapshot" and not jobs.started:
         check_agents(message, jobs.agents)
         screen.show(message, print_lines=False)
-        await _start(client, options.project, jobs, screen)
+        await _start(client, options, jobs, screen)
     elif kind == "snapshot":
         screen.show(message, print_lines=False)
         await _recheck(client, jobs, message)
-    elif kind in ("job", "progress") and _job_id(message) in jobs.pending:
+    elif kind in ("job", "progress", "queue") and _job_id(message) in jobs.pending:
         screen.out.record(message)
         screen.show(message, print_lines=not _is_queued(message))  # the "started" line said so already
         if kind == "job" and message["job"]["status"] in FINAL_STATES:

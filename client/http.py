@@ -62,9 +62,20 @@ class JobcastClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def start(self, project_id: str, agent: str) -> StartedJob:
-        """Start the agent's job on the project, or join the one already queued or running."""
-        body = await self._request("POST", self.endpoint.project(project_id, f"/agents/{quote(agent)}/refresh"))
+    async def start(
+        self, project_id: str, agent: str, *, priority: str | None = None, if_active: str | None = None
+    ) -> StartedJob:
+        """Start the agent's job on the project, or join the one already queued or running.
+
+        ``priority``: ``high``, ``normal`` (the server's default) or ``low``. ``if_active``: what to do
+        when the agent has an active job: ``attach`` (the default), ``replace`` or ``queue``.
+        """
+        options = {"priority": priority, "if_active": if_active}
+        body = await self._request(
+            "POST",
+            self.endpoint.project(project_id, f"/agents/{quote(agent)}/refresh"),
+            {key: value for key, value in options.items() if value is not None} or None,
+        )
         return StartedJob(agent, body["job"], bool(body.get("deduplicated")))
 
     async def cancel(self, project_id: str, agent: str) -> Record:
@@ -90,9 +101,9 @@ class JobcastClient:
         """:func:`client.subscribe` on this client's server; the same options."""
         return subscribe(self.endpoint.base, project_id, **{"token": self._token, **options})
 
-    async def _request(self, method: str, path: str) -> Record:
+    async def _request(self, method: str, path: str, body: Record | None = None) -> Record:
         try:
-            response = await self._http.request(method, path)
+            response = await self._http.request(method, path, json=body)
         except httpx.HTTPError as exc:
             raise ServerUnreachable(self.endpoint.base, describe(exc)) from exc
         if response.status_code >= 400:

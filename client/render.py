@@ -46,6 +46,8 @@ class Row:
     #: when ``elapsed_s`` was true, on the caller's clock, to tick it while running
     seen_at: float = 0.0
     last_result: Record | None = None
+    #: a queued job's place: ``{"position", "waiting_for", "detail"}``
+    queue: Record | None = None
 
     @property
     def status(self) -> str | None:
@@ -59,6 +61,8 @@ class View:
     project_id: str
     rows: Mapping[str, Row] = dataclasses.field(default_factory=dict)
     only: tuple[str, ...] = ()
+    #: queued jobs' places by job id, kept for a ``queue`` message that comes before its job's event
+    places: Mapping[str, Record] = dataclasses.field(default_factory=dict)
 
     def shows(self, agent: str) -> bool:
         return not self.only or agent in self.only
@@ -78,10 +82,29 @@ def apply(view: View, message: Message, now: float) -> View:
         rows = {name: _row_from_state(name, state, now) for name, state in message["agents"].items()}
         return dataclasses.replace(view, rows=rows)
     if kind == "job":
-        return _with_row(view, _row_from_job(view.rows.get(message["agent"]), message["job"], now))
+        previous = view.rows.get(message["agent"])
+        if _older(message["job"], previous):
+            return view  # the agent shows its newest job; an older one (being replaced) ends out of view
+        return _with_row(view, _row_from_job(previous, message["job"], now, view.places))
     if kind == "progress":
         return _with_progress(view, message, now)
+    if kind == "queue":
+        return _with_place(view, message)
     return view
+
+
+def _older(job: Record, row: Row | None) -> bool:
+    shown = None if row is None else row.job
+    return shown is not None and shown["job_id"] != job["job_id"] and str(job["created_at"]) < str(shown["created_at"])
+
+
+def _with_place(view: View, message: Message) -> View:
+    place = {key: message.get(key) for key in ("position", "waiting_for", "detail")}
+    view = dataclasses.replace(view, places={**view.places, str(message["job_id"]): place})
+    row = view.rows.get(message["agent"])
+    if row is None or row.job is None or row.job["job_id"] != message["job_id"] or row.status != "queued":
+        return view
+    return _with_row(view, dataclasses.replace(row, queue=place))
 
 
 def _row_from_state(agent: str, state: Record, now: float) -> Row:
@@ -89,9 +112,10 @@ def _row_from_state(agent: str, state: Record, now: float) -> Row:
     return _row_from_job(row, state["job"], now) if state.get("job") else row
 
 
-def _row_from_job(previous: Row | None, job: Record, now: float) -> Row:
+def _row_from_job(previous: Row | None, job: Record, now: float, places: Mapping[str, Record] | None = None) -> Row:
     progress = job.get("progress") or {}
     last_result = job.get("result") if job["status"] == "completed" else previous.last_result if previous else None
+    queue = (job.get("queue") or (places or {}).get(str(job["job_id"]))) if job["status"] == "queued" else None
     return Row(
         agent=str(job["agent"]),
         job=job,
@@ -100,6 +124,7 @@ def _row_from_job(previous: Row | None, job: Record, now: float) -> Row:
         elapsed_s=job.get("elapsed_s"),
         seen_at=now,
         last_result=last_result,
+        queue=queue,
     )
 
 
@@ -185,7 +210,7 @@ def detail(row: Row, now: float) -> str:
         return f"last result: {headline(row.last_result)}" if row.last_result else "no job yet"
     status, taken = job["status"], format_seconds(elapsed(row, now))
     if status == "queued":
-        return f"job {job['job_id'][:8]}"
+        return f"job {job['job_id'][:8]}" + (f"  {queue_text(row.queue)}" if row.queue else "")
     if status == "running":
         step = clean(row.message) if row.message else ""
         cancel = " (cancel requested)" if job.get("cancel_requested") else ""
@@ -193,6 +218,33 @@ def detail(row: Row, now: float) -> str:
     if status == "completed":
         return f"{taken}  {headline(job.get('result'))}".rstrip()
     return f"{taken}  {error_text(job)}".rstrip()
+
+
+_ORDINAL = {1: "st", 2: "nd", 3: "rd"}
+_LIMITS = {"project_limit": "project", "agent_limit": "agent", "user_limit": "user"}
+_COUNT = re.compile(r"([0-9]+ of [0-9]+)$")
+
+
+def ordinal(number: int) -> str:
+    suffix = "th" if 10 <= number % 100 <= 20 else _ORDINAL.get(number % 10, "th")
+    return f"{number}{suffix}"
+
+
+def queue_text(queue: Record) -> str:
+    """A queued job's place in words: ``Queued: 3rd in line, waiting for the project limit (2 of 2)``.
+
+    The dashboard says the same (web/static/js/state.js).
+    """
+    position, waiting_for = queue.get("position"), str(queue.get("waiting_for"))
+    where = f"{ordinal(position)} in line" if isinstance(position, int) else "in line"
+    if waiting_for in _LIMITS:
+        count = _COUNT.search(str(queue.get("detail") or ""))
+        reason = f"the {_LIMITS[waiting_for]} limit" + (f" ({count[1]})" if count else "")
+    elif waiting_for == "previous_job":
+        reason = "the job before it to end"
+    else:
+        reason = "a free thread"
+    return f"Queued: {where}, waiting for {reason}"
 
 
 def row_line(row: Row, now: float) -> str:
@@ -205,7 +257,7 @@ def event_lines(before: View, message: Message, after: View, now: float) -> list
     kind = message.get("type")
     if kind == "snapshot":
         return [row_line(row, now) for row in after.visible()]
-    if kind not in ("job", "progress") or not after.shows(message["agent"]):
+    if kind not in ("job", "progress", "queue") or not after.shows(message["agent"]):
         return []
     row = after.rows.get(message["agent"])
     if row is None or row == before.rows.get(message["agent"]):
@@ -256,6 +308,8 @@ def status_rows(project: Record) -> list[tuple[str, ...]]:
 def _status_detail(job: Record) -> str:
     if job.get("status") in FINAL_STATES:
         return error_text(job) or "-"
+    if job.get("status") == "queued" and job.get("queue"):
+        return queue_text(job["queue"])
     progress = job.get("progress") or {}
     step = " ".join(filter(None, [format_percent(progress.get("percent")), clean(progress.get("message") or "")]))
     return step if job else "-"
@@ -344,6 +398,8 @@ def _step(row: Row, now: float) -> str:
         return headline((row.job or {}).get("result"))
     if status in FINAL_STATES:
         return error_text(row.job)
+    if status == "queued" and row.queue:
+        return queue_text(row.queue)
     cancel = " (cancel requested)" if (row.job or {}).get("cancel_requested") else ""
     return clean(row.message or "") + cancel
 

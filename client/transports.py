@@ -184,19 +184,21 @@ class PollReader:
     """The messages in long-poll replies, shaped like the streams'. Pure.
 
     A snapshot reply becomes a ``snapshot`` message; the first reply of a resume gets a
-    ``welcome``. Progress, which every reply repeats, passes only when it changed.
+    ``welcome``. Progress and queued jobs' places, which every reply repeats, pass only when they changed.
     """
 
     def __init__(self, project_id: str) -> None:
         self.project_id = project_id
         self._first = True
         self._progress: dict[str, tuple[Any, ...]] = {}
+        self._places: dict[str, tuple[Any, ...]] = {}
 
     def messages(self, reply: Message) -> Iterator[Message]:
         try:
             yield from self._opening(reply)
             yield from reply["events"]
             yield from self._new_progress(reply.get("progress", []))
+            yield from self._new_places(reply.get("queue", []))
         except (KeyError, TypeError) as exc:
             raise ProtocolError("the server's long-poll reply is not in the jobcast shape") from exc
         self._first = False
@@ -215,6 +217,13 @@ class PollReader:
             key = (message.get("seq"), message.get("elapsed_s"), message.get("percent"), message.get("message"))
             if self._progress.get(str(message.get("job_id"))) != key:
                 self._progress[str(message.get("job_id"))] = key
+                yield message
+
+    def _new_places(self, places: list[Message]) -> Iterator[Message]:
+        for message in places:
+            key = (message.get("position"), message.get("waiting_for"), message.get("detail"))
+            if self._places.get(str(message.get("job_id"))) != key:
+                self._places[str(message.get("job_id"))] = key
                 yield message
 
 

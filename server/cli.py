@@ -12,20 +12,38 @@ from .errors import ConfigError
 from .runner import host_port, run_server
 from .settings import Settings, argparse_type, build_serve_parser
 
-COMMANDS = ("serve", "token")
+COMMANDS = ("serve", "worker", "token")
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve_parser = commands.add_parser("serve", help="start the server", description="Start the jobcast server.")
     build_serve_parser(serve_parser)
+    worker_parser = commands.add_parser(
+        "worker",
+        help="run queued jobs from a shared store, without serving HTTP",
+        description="Run queued jobs from a redis:// store shared with jobcast serve. Takes the server's options; "
+        "--threads, --agent, --store and --shutdown-grace matter here.",
+    )
+    build_serve_parser(worker_parser)
     _add_token_command(commands)
 
 
 def run(parsed: argparse.Namespace, argv: Sequence[str]) -> int:
-    """Run ``serve`` (which reads its own options from ``argv``, after the command) or ``token``."""
+    """Run ``serve`` or ``worker`` (which read their own options from ``argv``, after the command) or ``token``."""
     if parsed.command == "serve":
         return serve(argv)
+    if parsed.command == "worker":
+        return worker(argv)
     return mint_token(parsed)
+
+
+def worker(argv: Sequence[str]) -> int:
+    from .worker import run_worker
+
+    try:
+        return run_worker(Settings.from_args(argv))
+    except ConfigError as exc:
+        return _refuse(str(exc), 2)
 
 
 def _add_token_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

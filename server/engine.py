@@ -141,6 +141,9 @@ class Engine:
         self._owned: set[str] = set()
         #: set at shutdown: no job starts, and writes waiting for the store stop waiting
         self._stopping = anyio.Event()
+        #: set when the process stops taking jobs (a worker's SIGTERM), before it stops
+        self._draining = anyio.Event()
+        self._run_ended = anyio.Event()
         self._wake = anyio.Event()
         #: jobs whose cancel came between their start in the store and their run here (embedded stores;
         #: with a shared one the lease round tells)
@@ -263,7 +266,7 @@ class Engine:
             self._wake.set()
 
     async def _fill_threads(self) -> None:
-        while self._free_slots > 0 and not self._stopping.is_set():
+        while self._free_slots > 0 and not (self._stopping.is_set() or self._draining.is_set()):
             began = await self.store.start_next(self.caps, self.runner, self.agents.keys())
             if began is None:
                 return
@@ -323,6 +326,14 @@ class Engine:
                 run.ctx.cancel()  # a lost job's outcome is discarded by the compare-and-set anyway
         await self.recover("the process running the job stopped renewing its lease")
 
+    async def drain(self, grace: float) -> None:
+        """Take no more jobs and wait up to ``grace`` seconds for the running ones to finish."""
+        self._draining.set()
+        with anyio.move_on_after(grace):
+            while self._runs:
+                self._run_ended = anyio.Event()
+                await self._run_ended.wait()
+
     async def shutdown(self) -> None:
         """Stop taking work: tell running agents to stop and fail what cannot finish now."""
         self._stopping.set()
@@ -371,6 +382,7 @@ class Engine:
             self._owned.discard(job.job_id)
             self._free_slots += 1
             self._wake.set()
+            self._run_ended.set()
 
     async def _run(self, run: _Run, agent: Agent) -> None:
         try:

@@ -82,6 +82,11 @@ def _check_contract(spec: str, agent: Any) -> None:
     timeout = getattr(agent, "timeout", None)
     if timeout is not None and not _is_positive_number(timeout):
         raise ConfigError(f"agent {spec!r}: timeout must be a positive number of seconds")
+    max_running = getattr(agent, "max_running", None)
+    if max_running is not None and not (
+        isinstance(max_running, int) and not isinstance(max_running, bool) and max_running >= 1
+    ):
+        raise ConfigError(f"agent {spec!r}: max_running must be a whole number of at least 1 (running jobs at once)")
 
 
 def _is_positive_number(value: object) -> bool:

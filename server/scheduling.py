@@ -5,9 +5,10 @@ Every store asks the same questions of the same data, so the rules live once, he
 * **Priority first.** ``high`` before ``normal`` before ``low``.
 * **Then fair share.** Within a priority, a job's *turn* is the number of jobs its user
   has running (any priority) plus the number of that user's older jobs queued at the
-  same priority. Lower turns go first; equal turns go oldest first. So users take
-  turns: one user's 50 queued jobs hold turns 0 to 49 (fewer if some run), another
-  user's single job holds turn 0 and goes next.
+  same priority. Lower turns go first. Among equal turns, the user who started a job
+  least recently (or never) goes first, then the oldest job. So users take turns: one
+  user's 50 queued jobs hold turns 0 to 49, another user's single job holds turn 0 and
+  goes before the first user's next one.
 * **Then limits.** The first job in that order that no limit holds back starts. A job
   over a limit (``--max-running-per-project``, an agent's ``max_running``,
   ``--max-running-per-user``) or a follow-up whose previous job is still active stays
@@ -150,16 +151,18 @@ class QueueState:
 
     queued: Sequence[Queued]
     running: Sequence[RunningJob]
+    #: when each user last had a job started: among equal turns, the least recent goes first
+    last_started: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def of(cls, jobs: Iterable[Job]) -> QueueState:
+    def of(cls, jobs: Iterable[Job], last_started: Mapping[str, float] | None = None) -> QueueState:
         queued, running = [], []
         for job in jobs:
             if job.status is JobStatus.QUEUED:
                 queued.append(Queued.of(job))
             elif job.status is JobStatus.RUNNING:
                 running.append(RunningJob.of(job))
-        return cls(queued, running)
+        return cls(queued, running, dict(last_started or {}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +204,8 @@ def ordered(state: QueueState) -> list[Queued]:
     for job in sorted(state.queued, key=lambda job: (job.created_at, job.job_id)):
         turn = load.users[job.requester] + seen[(job.priority, job.requester)]
         seen[(job.priority, job.requester)] += 1
-        keyed.append(((job.priority.rank, turn, job.created_at, job.job_id), job))
+        served = state.last_started.get(job.requester, 0.0)
+        keyed.append(((job.priority.rank, turn, served, job.created_at, job.job_id), job))
     keyed.sort(key=lambda pair: pair[0])
     return [job for _, job in keyed]
 

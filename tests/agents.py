@@ -149,3 +149,30 @@ class FileGatedAgent:
             if ctx.sleep(0.01):
                 raise Cancelled
         return {"project": project_id, "opened": True}
+
+
+class _Nap:
+    """Sleeps ``ctx.demo_seconds`` (cancellable): many of these, under different names, fill a queue."""
+
+    def __init__(self, name: str, max_running: int = 0) -> None:
+        self.name = name
+        if max_running:
+            self.max_running = max_running
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        if ctx.sleep(ctx.demo_seconds):
+            raise Cancelled
+        return {"project": project_id, "agent": self.name}
+
+
+nap_a, nap_b, nap_c, nap_d, nap_e = (_Nap(f"nap_{letter}") for letter in "abcde")
+#: an agent whose provider allows two calls at once, across every process
+nap_limited = _Nap("nap_limited", max_running=2)
+NAPS = tuple(f"tests.agents:nap_{letter}" for letter in "abcde")
+
+
+class LimitedGatedAgent(GatedAgent):
+    """A GatedAgent (the same gate) whose provider allows one call at a time: ``max_running = 1``."""
+
+    name = "gated_limited"
+    max_running = 1

@@ -115,12 +115,15 @@ def record_texts(caplog: pytest.LogCaptureFixture) -> str:
 async def wait_for_job(store: Store, job_id: str, condition: Callable[[Job], bool]) -> Job:
     """Wait, on the store's change feed, until the job's record satisfies ``condition``."""
     with anyio.fail_after(WAIT):
+        job = await store.get_job(job_id)
+        assert job is not None, f"no job {job_id}"
         while True:
+            seq = await store.last_seq(job.project_id)  # before the read: a change after it still wakes us
             job = await store.get_job(job_id)
             assert job is not None, f"no job {job_id}"
             if condition(job):
                 return job
-            await store.wait_for_events(job.project_id, await store.last_seq(job.project_id), WAIT)
+            await store.wait_for_events(job.project_id, seq, WAIT)
 
 
 def status_is(*statuses: str) -> Callable[[Job], bool]:

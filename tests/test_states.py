@@ -71,7 +71,9 @@ def test_job_records_round_trip() -> None:
     assert set(public) == {
         "job_id", "project_id", "agent", "status", "created_at", "updated_at", "started_at",
         "finished_at", "elapsed_s", "progress", "cancel_requested", "result", "error",
+        "priority", "started_by", "after", "runner", "queue",
     }  # fmt: skip
+    assert "requester" not in public  # the scheduler's name for the user may be an address: never shown
 
 
 def test_the_clients_copy_of_the_final_states_is_the_servers() -> None:

@@ -40,11 +40,9 @@ async def _poll(request: Request, services: Services, project_id: str, wait: int
         body = poll_snapshot(project_id, store.epoch, state, decision.reason, await services.engine.places())
     else:
         events = await store.events_after(project_id, decision.after, REPLAY_BATCH)
-        if (
-            not events
-            and wait
-            and await services.hub.unless_closing(services.hub.wait_for_events(project_id, decision.after, wait), False)
-        ):
+        if not events and wait:
+            # Woken by an event or by a queued job's new place; either way the reply carries what is new.
+            await services.hub.unless_closing(services.hub.wait_for_events(project_id, decision.after, wait), False)
             events = await store.events_after(project_id, decision.after, REPLAY_BATCH)
         body = events_reply(store.epoch, decision.after, events)
     body["progress"] = [p for p in services.hub.latest_progress(project_id) if p["seq"] <= body["seq"]]

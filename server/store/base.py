@@ -253,9 +253,12 @@ class ActiveJobs:
 
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
+        self._last_started: dict[str, float] = {}
 
     def apply(self, job: Job) -> None:
         """Called after every write that landed."""
+        if job.status is JobStatus.RUNNING and job.started_at is not None:
+            self._last_started[job.requester] = job.started_at
         if job.status.is_active:
             self._jobs[job.job_id] = job
         else:
@@ -270,7 +273,7 @@ class ActiveJobs:
         return sum(job.status is JobStatus.QUEUED for job in self._jobs.values())
 
     def state(self) -> QueueState:
-        return QueueState.of(self._jobs.values())
+        return QueueState.of(self._jobs.values(), self._last_started)
 
     def jobs(self) -> list[Job]:
         return list(self._jobs.values())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -44,8 +45,10 @@ T = TypeVar("T")
 
 #: Progress entries kept per project: only the newest matter, readers are never far behind.
 _PROGRESS_KEEP = 64
-#: A refresh that raced another one for the same (project, agent) reads and decides again this many times.
-_START_TRIES = 20
+#: A refresh that raced another one for the same (project, agent) reads and decides again this many times,
+#: after a short random pause that grows with each lost race, so a burst of racing refreshes spreads out.
+_START_TRIES = 64
+_START_PAUSE = 0.002
 #: A blocking read waits this long before it loops, well inside the socket timeout.
 _BLOCK_MS = 1000
 _SOCKET_TIMEOUT = 5.0
@@ -211,6 +214,7 @@ for _, pair in ipairs(counted) do redis.call('HINCRBY', p .. 'counts', pair[1], 
 redis.call('HSET', key, 'status', RUNNING, 'record', ARGV[5])
 redis.call('HDEL', p .. 'queued', id)
 redis.call('HSET', p .. 'running', id, ARGV[14])
+redis.call('HSET', p .. 'last_start', user, ARGV[6])
 redis.call('SET', p .. 'lease:' .. id, ARGV[8], 'PX', ARGV[9])
 queue_changed(p)
 return {'ok', append(p, project, ARGV[5], ARGV[6], ARGV[7]), epoch}
@@ -495,8 +499,11 @@ class RedisStore(Store):
         self, job: Job, if_active: IfActive = IfActive.ATTACH, max_queued: int = 0
     ) -> tuple[Job, bool]:
         """Read the agent's active jobs, decide as every store does, and write only if nothing changed meanwhile."""
-        for _ in range(_START_TRIES):
-            active = await self._active_of(job.project_id, job.agent)
+        for attempt in range(_START_TRIES):
+            if attempt:
+                await anyio.sleep(random.uniform(0, _START_PAUSE * min(attempt, 10)))
+            # The first try guesses the common case, nothing active, so a fresh start is one round trip.
+            active = await self._active_of(job.project_id, job.agent) if attempt else []
             decision = decide_start(active, job, if_active)
             if decision.insert is None:
                 return decision.job, True
@@ -524,13 +531,14 @@ class RedisStore(Store):
     async def queue_state(self) -> QueueState:
         async def read() -> list[Any]:
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.hvals(self._key("queued")).hvals(self._key("running"))
+                pipe.hvals(self._key("queued")).hvals(self._key("running")).hgetall(self._key("last_start"))
                 return list(await pipe.execute())
 
-        queued, running = await self._call(read)
+        queued, running, last_started = await self._call(read)
         return QueueState(
             [Queued.from_record(json.loads(meta)) for meta in queued],
             [RunningJob.from_record(json.loads(meta)) for meta in running],
+            {user: float(at) for user, at in last_started.items()},
         )
 
     async def start_queued(self, running: Job, caps: Caps) -> Event | None:

@@ -11,6 +11,7 @@ export function initialState(projectId) {
     seq: 0,
     agents: {}, // name -> {job, last_result, last_result_at}
     progress: {}, // job_id -> {percent, message, elapsed_s, at}
+    queue: {}, // job_id -> {position, waiting_for, detail}: where a queued job stands
     clockOffsetMs: 0, // server clock minus ours
   };
 }
@@ -27,6 +28,8 @@ export function apply(state, message, receivedAtMs = Date.now()) {
       return applyJob(state, message);
     case "progress":
       return applyProgress(state, message, receivedAtMs);
+    case "queue":
+      return applyQueue(state, message);
     default:
       return { state, effects: [] };
   }
@@ -48,6 +51,7 @@ function applySnapshot(state, message, receivedAtMs) {
       seq: message.seq,
       agents: structuredClone(message.agents),
       progress: {},
+      queue: placesOf(message.agents),
       clockOffsetMs: Number.isNaN(serverTime) ? state.clockOffsetMs : serverTime - receivedAtMs,
     },
     effects,
@@ -60,6 +64,10 @@ function applyJob(state, message) {
   }
   const job = message.job;
   const current = state.agents[message.agent] ?? { job: null, last_result: null, last_result_at: null };
+  if (isOlder(job, current.job)) {
+    // A card shows its agent's newest job; an older one (replaced, or followed up) ends out of view.
+    return { state: { ...state, epoch: message.epoch, seq: message.seq }, effects: [] };
+  }
   const next = { ...current, job };
   if (job.status === "completed") {
     next.last_result = job.result;
@@ -84,6 +92,45 @@ function applyProgress(state, message, receivedAtMs) {
   return { state: { ...state, progress: { ...state.progress, [message.job_id]: entry } }, effects: [] };
 }
 
+function isOlder(job, shown) {
+  return Boolean(shown) && shown.job_id !== job.job_id && String(job.created_at) < String(shown.created_at);
+}
+
+function applyQueue(state, message) {
+  const place = { position: message.position, waiting_for: message.waiting_for, detail: message.detail };
+  return { state: { ...state, queue: { ...state.queue, [message.job_id]: place } }, effects: [] };
+}
+
+function placesOf(agents) {
+  const places = {};
+  for (const entry of Object.values(agents)) {
+    if (entry.job && entry.job.queue) places[entry.job.job_id] = entry.job.queue;
+  }
+  return places;
+}
+
+const ORDINALS = { 1: "st", 2: "nd", 3: "rd" };
+const LIMITS = { project_limit: "project", agent_limit: "agent", user_limit: "user" };
+
+export function ordinal(n) {
+  const suffix = n % 100 >= 10 && n % 100 <= 20 ? "th" : (ORDINALS[n % 10] ?? "th");
+  return `${n}${suffix}`;
+}
+
+// A queued job's place in words, as the CLI says it (client/render.py queue_text):
+// "Queued: 3rd in line, waiting for the project limit (2 of 2)".
+export function queueText(place) {
+  const where = Number.isInteger(place.position) ? `${ordinal(place.position)} in line` : "in line";
+  let reason = "a free thread";
+  if (place.waiting_for in LIMITS) {
+    const count = /([0-9]+ of [0-9]+)$/.exec(String(place.detail ?? ""));
+    reason = `the ${LIMITS[place.waiting_for]} limit` + (count ? ` (${count[1]})` : "");
+  } else if (place.waiting_for === "previous_job") {
+    reason = "the job before it to end";
+  }
+  return `Queued: ${where}, waiting for ${reason}`;
+}
+
 function finished(job) {
   return { kind: "finished", agent: job.agent, jobId: job.job_id, status: job.status, error: job.error };
 }
@@ -104,6 +151,7 @@ export function cardView(state, name, nowMs = Date.now(), link = ONLINE) {
   const job = entry.job;
   const status = job ? job.status : "idle";
   const progress = job ? state.progress[job.job_id] : undefined;
+  const place = job && status === "queued" ? (state.queue?.[job.job_id] ?? job.queue ?? null) : null;
   const active = ACTIVE.has(status);
   const offline = link.offline;
   return {
@@ -117,7 +165,7 @@ export function cardView(state, name, nowMs = Date.now(), link = ONLINE) {
       ? lastSeenText(status, nowMs - (link.offlineSinceMs ?? nowMs))
       : elapsedText(job, nowMs, state.clockOffsetMs),
     percent: progress?.percent ?? job?.progress?.percent ?? null,
-    message: progress?.message ?? job?.progress?.message ?? (status === "queued" ? "waiting for a worker" : null),
+    message: place ? queueText(place) : (progress?.message ?? job?.progress?.message ?? (status === "queued" ? "waiting for a worker" : null)),
     error: job?.error ?? null,
     result: entry.last_result,
     resultAt: entry.last_result_at,

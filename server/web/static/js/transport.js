@@ -226,6 +226,6 @@ export function pollMessages(reply) {
   } else {
     messages.push({ type: "snapshot", epoch: reply.epoch, seq: reply.seq, recovered: false, ...reply.snapshot });
   }
-  messages.push(...reply.events, ...reply.progress);
+  messages.push(...reply.events, ...reply.progress, ...(reply.queue ?? []));
   return messages;
 }
