@@ -107,3 +107,56 @@ def jobcast_server(
         yield server
     finally:
         server.stop()
+
+
+class JobcastWorker:
+    """A real ``jobcast worker`` process: no port; ready once it logs so."""
+
+    def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [*jobcast_command(), "worker", *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"jobcast worker exited with {self.process.returncode}:\n{self.log}")
+            return "jobcast worker ready" in self.log
+
+        eventually(ready, what="jobcast worker ready")
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(WAIT)
+        self._log.close()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(WAIT)
+        if not self._log.closed:
+            self._log.close()
+        return self.process.returncode
+
+
+@contextlib.contextmanager
+def jobcast_worker(args: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> Iterator[JobcastWorker]:
+    worker = JobcastWorker(args, log_path, env)
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()
