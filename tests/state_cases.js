@@ -1,7 +1,7 @@
 // Cases for the dashboard's pure logic, evaluated in the page by test_dashboard.py, which reports
 // each check("name", ...) as its own test. Returns every check's {name, ok, detail}.
 (async () => {
-  const { apply, cardView, cursor, initialState, elapsedText, OFFLINE_REASON } = await import("/static/js/state.js");
+  const { apply, cardView, cursor, initialState, elapsedText, OFFLINE_REASON, queueText } = await import("/static/js/state.js");
   const { backoffMs, pollMessages } = await import("/static/js/transport.js");
   const results = [];
   const check = (name, ok, detail = "") => { results.push({ name, ok: Boolean(ok), detail: String(detail) }); };
@@ -66,5 +66,30 @@
   check("a long-poll reply becomes welcome plus events", fromPoll.length === 2 && fromPoll[0].type === "welcome" && fromPoll[1].seq === 7);
   const pollSnapshot = pollMessages({ epoch: "e1", seq: 7, recovered: false, snapshot: { project_id: "p", agents: {}, server_time: "x" }, events: [], progress: [] });
   check("a long-poll snapshot becomes a snapshot message", pollSnapshot[0].type === "snapshot" && pollSnapshot[0].seq === 7);
+  const pollPlaces = pollMessages({ epoch: "e1", seq: 7, recovered: true, events: [], progress: [], queue: [{ type: "queue", job_id: "j3", position: 2 }] });
+  check("a long-poll reply's queue places become queue messages", pollPlaces.some((m) => m.type === "queue" && m.position === 2));
+
+  // Waits that explain themselves: a queued job's place, in the CLI's words.
+  const place = (position, waiting_for, detail) => ({ type: "queue", project_id: "p", agent: "a", job_id: "q1", position, waiting_for, detail });
+  let q = apply(initialState("p"), snapshot(1, { a: { job: job("q1", "queued"), last_result: null, last_result_at: null } })).state;
+  check("a queued job with no place yet waits for a worker", cardView(q, "a").message === "waiting for a worker");
+  q = apply(q, place(3, "project_limit", "project limit 2 of 2")).state;
+  check("a place reads as position and limit", cardView(q, "a").message === "Queued: 3rd in line, waiting for the project limit (2 of 2)", cardView(q, "a").message);
+  check("a thread wait reads as a free thread", queueText({ position: 1, waiting_for: "thread", detail: "next to start" }) === "Queued: 1st in line, waiting for a free thread");
+  check("ordinals past ten", queueText({ position: 12, waiting_for: "agent_limit", detail: "agent limit 1 of 1" }) === "Queued: 12th in line, waiting for the agent limit (1 of 1)");
+  check("a follow-up waits for the job before it", queueText({ position: 2, waiting_for: "previous_job", detail: "x" }) === "Queued: 2nd in line, waiting for the job before it to end");
+  const early = apply(initialState("p"), place(1, "user_limit", "user limit 1 of 1")).state;
+  const arrived = apply(apply(early, snapshot(1, { a: { job: null, last_result: null, last_result_at: null } })).state, event(2, job("q1", "queued"))).state;
+  check("a snapshot's places replace what came before it", arrived.queue.q1 === undefined);
+  const withPlace = apply(arrived, place(1, "user_limit", "user limit 1 of 1")).state;
+  check("a place that arrives after its job shows", cardView(withPlace, "a").message.startsWith("Queued: 1st in line"));
+  const running = apply(withPlace, event(3, job("q1", "running"))).state;
+  check("a running job shows no place", !String(cardView(running, "a").message ?? "").startsWith("Queued"));
+
+  // A follow-up or a replacement is the agent's newest job: an older job's events do not take its card.
+  let r = apply(initialState("p"), snapshot(1, { a: { job: job("old", "running"), last_result: null, last_result_at: null } })).state;
+  r = apply(r, event(2, job("new", "queued", { created_at: "2026-01-01T00:00:05.000Z" }))).state;
+  r = apply(r, event(3, job("old", "cancelled"))).state;
+  check("an older job ending leaves the newer one on the card", r.agents.a.job.job_id === "new" && cursor(r).after === 3);
   return results;
 })()

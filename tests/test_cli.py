@@ -405,3 +405,52 @@ def test_refresh_resumes_after_the_server_dies_mid_job(tmp_path: Path, monkeypat
     assert output[-1]["type"] == "final" and output[-1]["job"]["error"]["code"] == "interrupted"
     assert "lost the connection" in follower.stderr and "Traceback" not in follower.stderr
     assert "reconnected over ws; resumed after seq 2" in follower.stderr
+
+
+# -- scheduling: --priority, --if-active, and waits that explain themselves ----------------------
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobcastServer]:
+    """One running job per project: a second agent's job waits, queued, for the project limit."""
+    args = ["--store", "memory://", *SLOW, "--max-running-per-project", "1"]
+    with jobcast_server(args, tmp_path_factory.mktemp("limited") / "server.log") as server:
+        yield server
+
+
+def test_refresh_takes_priority_and_if_active_and_status_says_why_a_job_waits(limited: JobcastServer) -> None:
+    first = jobcast("refresh", "lim", "--agent", "sleepy", "--no-wait", "--url", limited.url)
+    assert first.returncode == 0, first.stderr
+    second = jobcast(
+        "refresh", "lim", "--agent", "quick", "--no-wait", "--priority", "high", "--json", "--url", limited.url
+    )
+    (started,) = records(second.stdout)
+    assert started["job"]["priority"] == "high" and started["job"]["status"] == "queued"
+    status = jobcast("status", "lim", "--url", limited.url)
+    quick = next(row for row in status.stdout.splitlines() if row.startswith("quick"))
+    assert "Queued: 1st in line, waiting for the project limit (1 of 1)" in quick, status.stdout
+    follow = jobcast("refresh", "lim", "--agent", "sleepy", "--no-wait", "--if-active", "queue", "--json", "--url",
+                     limited.url)  # fmt: skip
+    (follow_up,) = records(follow.stdout)
+    assert not follow_up["deduplicated"] and follow_up["job"]["after"] is not None
+    for agent in ("sleepy", "quick"):
+        jobcast("cancel", "lim", "--agent", agent, "--url", limited.url)
+
+
+def test_watch_shows_a_queued_jobs_place_as_it_arrives(limited: JobcastServer) -> None:
+    assert jobcast("refresh", "lim-watch", "--agent", "sleepy", "--no-wait", "--url", limited.url).returncode == 0
+    with spawn("watch", "lim-watch", "--url", limited.url) as watcher:
+        watcher.stdout.until(lambda line: line.startswith("sleepy "))
+        httpx.post(f"{limited.url}/api/projects/lim-watch/agents/quick/refresh")
+        line = watcher.stdout.until(lambda line: "Queued:" in line)
+        watcher.process.send_signal(signal.SIGINT)
+        assert watcher.process.wait(WAIT) == 130
+    assert "Queued: 1st in line, waiting for the project limit (1 of 1)" in line
+    jobcast("cancel", "lim-watch", "--agent", "sleepy", "--url", limited.url)
+
+
+@pytest.mark.parametrize(("args", "says"), [(["--priority", "urgent"], "invalid choice: 'urgent'"),
+                                            (["--if-active", "join"], "invalid choice: 'join'")])  # fmt: skip
+def test_a_bad_priority_or_if_active_is_a_usage_error(args: list[str], says: str) -> None:
+    result = jobcast("refresh", "p", "--agent", "quick", *args, "--url", "http://127.0.0.1:9")
+    assert result.returncode == 2 and says in result.stderr

@@ -285,3 +285,20 @@ async def test_with_websockets_and_sse_blocked_the_page_long_polls() -> None:
         await expect(page.locator("body")).to_have_attribute("data-transport", "poll", timeout=TIMEOUT_MS * 3)
         await expect(page.locator("body")).to_have_attribute("data-connection", "fallback", timeout=TIMEOUT_MS)
         await follow_a_gated_job(page)
+
+
+async def test_a_queued_card_says_where_it_stands_and_what_it_waits_for() -> None:
+    """Held by the project limit, the card reads "Queued: 1st in line, waiting for the project limit (1 of 1)"."""
+    async with live_server(max_running_per_project=1) as live, chromium() as browser:
+        page = await browser.new_page()
+        await open_project(page, live, "acme")
+        await live.start("acme", "gated")
+        await expect(card(page, "gated")).to_have_attribute("data-state", "running", timeout=TIMEOUT_MS)
+        sleepy = card(page, "sleepy")
+        await sleepy.locator("[data-role=refresh]").click()
+        await expect(sleepy).to_have_attribute("data-state", "queued", timeout=TIMEOUT_MS)
+        await expect(sleepy.locator("[data-role=step]")).to_have_text(
+            "Queued: 1st in line, waiting for the project limit (1 of 1)", timeout=TIMEOUT_MS
+        )
+        GatedAgent.gate.set()
+        await expect(sleepy).to_have_attribute("data-state", "completed", timeout=TIMEOUT_MS)
