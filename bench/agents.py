@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from jobcast.agents import Cancelled, Context
@@ -48,3 +49,23 @@ PULSE_COUNT = 16
 # Pulse0 .. Pulse15: one job per agent, so a sweep can run many pulses on one project.
 for _index in range(PULSE_COUNT):
     globals()[f"Pulse{_index}"] = type(f"Pulse{_index}", (Pulse,), {"name": f"pulse{_index}"})
+
+
+class Hold:
+    """Holds its thread until the file ``$JOBCAST_BENCH_GATE`` exists: keeps a queue full while it is filled."""
+
+    name = "hold"
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        gate = os.environ["JOBCAST_BENCH_GATE"]
+        while not os.path.exists(gate):
+            if ctx.sleep(0.005):
+                raise Cancelled
+        return {"project": project_id}
+
+
+TICK_COUNT = 5
+
+# Tick0 .. Tick4: instant jobs under five names, so 100 projects hold 1,000 jobs (each with a follow-up).
+for _index in range(TICK_COUNT):
+    globals()[f"Tick{_index}"] = type(f"Tick{_index}", (Instant,), {"name": f"tick{_index}"})

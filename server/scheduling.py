@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .errors import InvalidInput
@@ -232,14 +232,19 @@ def next_startable(state: QueueState, caps: Caps, runnable: Collection[str] | No
 
     ``runnable``: the agents the process has (a ``jobcast worker --agent ...`` runs only those).
     """
+    return next(startable(state, caps, runnable), None)
+
+
+def startable(state: QueueState, caps: Caps, runnable: Collection[str] | None = None) -> Iterator[Queued]:
+    """Every job nothing holds back now, in order: the first is :func:`next_startable`, the rest are
+    what a thread tries when another process took the first meanwhile."""
     load = _Load(state.running)
     active = load.ids | {job.job_id for job in state.queued}
     for job in ordered(state):
         if runnable is not None and job.agent not in runnable:
             continue
         if _held_back(job, load, active, caps) is None:
-            return job
-    return None
+            yield job
 
 
 def places(state: QueueState, caps: Caps) -> list[Place]:

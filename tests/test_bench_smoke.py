@@ -21,7 +21,14 @@ def test_python_m_bench_smoke_writes_a_report_and_a_plot(tmp_path: Path) -> None
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = out.read_text()
-    for heading in ("## Targets", "## Fan-out", "## Push against polling", "## Responsiveness", "## Rate sweep"):
+    for heading in (
+        "## Targets",
+        "## Fan-out",
+        "## Push against polling",
+        "## Responsiveness",
+        "## Rate sweep",
+        "## Scheduling delay",
+    ):
         assert heading in report
     for server in ("jobcast", "bare websockets", "python-socketio"):
         assert server in report

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import itertools
 import math
 import urllib.parse
 from collections.abc import Collection, Mapping, Sequence
@@ -18,7 +19,7 @@ import anyio
 
 from ..errors import StaleJob
 from ..jobs import Event, Job, JobStatus, LastResult, Progress, ProgressUpdate, ProjectState
-from ..scheduling import Caps, IfActive, QueueState, next_startable, over_limit
+from ..scheduling import Caps, IfActive, QueueState, over_limit, startable
 
 #: A claim that loses a race (another process took the job, or a limit filled) looks again this many times.
 _CLAIM_TRIES = 5
@@ -93,20 +94,25 @@ class Store(abc.ABC):
     async def start_next(
         self, caps: Caps, runner: Mapping[str, object], runnable: Collection[str] | None = None
     ) -> Event | None:
-        """Start the job a free thread should take (:func:`~server.scheduling.next_startable`), if any."""
+        """Start the job a free thread should take (:func:`~server.scheduling.next_startable`), if any.
+
+        Losing it to another process, it tries the next startable ones before it reads the queue again.
+        """
         for _ in range(_CLAIM_TRIES):
-            candidate = next_startable(await self.queue_state(), caps, runnable)
-            if candidate is None:
+            candidates = list(itertools.islice(startable(await self.queue_state(), caps, runnable), _CLAIM_TRIES))
+            if not candidates:
                 return None
-            job = await self.get_job(candidate.job_id)
-            if job is None or job.status is not JobStatus.QUEUED:
-                continue
-            try:
-                event = await self.start_queued(job.started_on(runner), caps)
-            except StaleJob:
-                continue  # another process took it first
-            if event is not None:
-                return event
+            for candidate in candidates:
+                job = await self.get_job(candidate.job_id)
+                if job is None or job.status is not JobStatus.QUEUED:
+                    continue
+                try:
+                    event = await self.start_queued(job.started_on(runner), caps)
+                except StaleJob:
+                    continue  # another process took it first
+                if event is not None:
+                    return event
+                break  # a limit filled meanwhile: what is startable has changed
         return None
 
     async def wait_for_queue_change(self, timeout: float) -> None:
