@@ -79,8 +79,10 @@ async def burst(servers: tuple[JobcastServer, ...], starts: list[tuple[str, str]
     return job_ids
 
 
-async def all_final(server: JobcastServer, job_ids: list[str]) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=WAIT) as http:
+async def all_final(
+    server: JobcastServer, job_ids: list[str], headers: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(timeout=WAIT, headers=headers) as http:
 
         async def records() -> list[dict[str, Any]] | None:
             found = [(await http.get(f"{server.url}/api/jobs/{job_id}")).json() for job_id in job_ids]
@@ -216,3 +218,52 @@ def test_no_threads_or_a_worker_on_an_embedded_store_is_refused_in_one_line(comm
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "redis://" in done.stderr, done.stderr
     assert not (tmp_path / "x.db").exists()
+
+
+async def test_priority_and_fair_share_hold_for_jobs_accepted_by_another_process(
+    store_url: str, tmp_path: Path
+) -> None:
+    """B accepts (no threads), A runs (one thread): low, normal, high queued in that order start high, normal,
+    low; and with tokens, Bob's one job starts before Alice's third of twenty."""
+    from jobcast.server.auth import TokenSigner
+
+    secret = "s" * 32
+    env = {"JOBCAST_TEST_GATES": str(tmp_path), "JOBCAST_SECRET": secret}
+    agents = ["--agent", "tests.agents:FileGatedAgent", "--agent", "tests.agents:QuickAgent"]
+    runner_args = [*common_args(store_url), *agents, "--threads", "1"]
+    with (
+        jobcast_server(runner_args, tmp_path / "a.log", env) as a,
+        jobcast_server([*common_args(store_url), *agents, "--threads", "0"], tmp_path / "b.log", env) as b,
+    ):
+
+        def headers(subject: str) -> dict[str, str]:
+            minted = TokenSigner(secret).mint(["*"], ["read", "run"], 600, time.time(), subject=subject)
+            return {"authorization": f"Bearer {minted}"}
+
+        async with httpx.AsyncClient(timeout=WAIT) as http:
+
+            async def refresh(project: str, agent: str, subject: str, body: dict[str, str] | None = None) -> str:
+                url = f"{b.url}/api/projects/{project}/agents/{agent}/refresh"
+                reply = await http.post(url, json=body, headers=headers(subject))
+                assert reply.status_code == 202, reply.text
+                return str(reply.json()["job"]["job_id"])
+
+            async def record(job_id: str) -> dict[str, Any]:
+                found: dict[str, Any] = (await http.get(f"{b.url}/api/jobs/{job_id}", headers=headers("x"))).json()
+                return found
+
+            async def blocker_running(job_id: str) -> bool:
+                return (await record(job_id))["status"] == "running"
+
+            hold = await refresh("hold", "filegated", "carol")
+            await eventually_async(lambda: blocker_running(hold), what="the blocker running on A")
+            ordered_ids = [await refresh(p, "quick", "dave", {"priority": p}) for p in ("low", "normal", "high")]
+            alice = [await refresh(f"a{n}", "quick", "alice") for n in range(20)]
+            bob = await refresh("b0", "quick", "bob")
+            (tmp_path / "hold").touch()
+            jobs = await all_final(b, [*ordered_ids, *alice, bob], headers("x"))
+    started = {job["job_id"]: job["started_at"] for job in jobs}
+    low, normal, high = (started[job_id] for job_id in ordered_ids)
+    assert high < normal < low
+    assert started[bob] < sorted(started[job_id] for job_id in alice)[2]
+    assert {job["runner"]["pid"] for job in jobs} == {a.process.pid}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jobcast.server.errors import InvalidInput
 from jobcast.server.jobs import Job, JobStatus
@@ -153,3 +155,59 @@ def test_replace_of_a_queued_head_cancels_it_and_the_new_job_needs_no_wait() -> 
     decision = decide_start([head], Job.new("p", "a"), IfActive.REPLACE)
     assert decision.cancel[0].job_id == head.job_id and decision.cancel[0].status is JobStatus.CANCELLED
     assert decision.insert is not None and decision.insert.after is None and decision.stop is None
+
+
+# -- the rules hold for any queue ---------------------------------------------------------------------
+
+
+_users, _projects, _agents = st.sampled_from("ABC"), st.sampled_from("pqr"), st.sampled_from("xyz")
+_queue = st.lists(
+    st.tuples(_users, _projects, _agents, st.sampled_from(["high", "normal", "low"]), st.integers(0, 50)),
+    max_size=25,
+)
+_running = st.lists(st.tuples(_users, _projects, _agents), max_size=6)
+_caps = st.builds(
+    Caps,
+    per_project=st.integers(0, 3),
+    per_user=st.integers(0, 3),
+    per_agent=st.dictionaries(_agents, st.integers(1, 3), max_size=2),
+)
+
+
+def _state(waiting: list[tuple[str, str, str, str, int]], runs: list[tuple[str, str, str]]) -> QueueState:
+    queue = [
+        queued(f"q{n}", at=at, user=u, priority=pr, project=p, agent=a) for n, (u, p, a, pr, at) in enumerate(waiting)
+    ]
+    return QueueState(queue, [running(f"r{n}", user=u, project=p, agent=a) for n, (u, p, a) in enumerate(runs)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(_queue, _running, _caps)
+def test_for_any_queue_places_number_every_job_once_in_priority_order(
+    waiting: list[tuple[str, str, str, str, int]], runs: list[tuple[str, str, str]], caps: Caps
+) -> None:
+    state = _state(waiting, runs)
+    found = places(state, caps)
+    assert sorted(place.job_id for place in found) == sorted(job.job_id for job in state.queued)
+    assert [place.position for place in found] == list(range(1, len(found) + 1))
+    ranks = [Priority(next(j for j in state.queued if j.job_id == place.job_id).priority).rank for place in found]
+    assert ranks == sorted(ranks)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_queue, _running, _caps)
+def test_for_any_queue_the_next_job_is_the_first_place_that_waits_only_for_a_thread(
+    waiting: list[tuple[str, str, str, str, int]], runs: list[tuple[str, str, str]], caps: Caps
+) -> None:
+    state = _state(waiting, runs)
+    chosen = next_startable(state, caps)
+    free = [place.job_id for place in places(state, caps) if place.waiting_for is Waiting.THREAD]
+    assert (chosen.job_id if chosen else None) == (free[0] if free else None)
+    if chosen is not None:  # starting it never takes a group past its limit
+        load = [*runs, (chosen.requester, chosen.project_id, chosen.agent)]
+        if caps.per_project:
+            assert sum(p == chosen.project_id for _, p, _ in load) <= caps.per_project
+        if caps.per_user:
+            assert sum(u == chosen.requester for u, _, _ in load) <= caps.per_user
+        if chosen.agent in caps.per_agent:
+            assert sum(a == chosen.agent for _, _, a in load) <= caps.per_agent[chosen.agent]
