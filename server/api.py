@@ -119,8 +119,8 @@ async def refresh(request: Request) -> JSONResponse:
 
 async def cancel(request: Request) -> JSONResponse:
     target = resolve_target(request, "run")
-    job = await target.engine.cancel(target.project_id, target.agent)
-    return JSONResponse({"job": job.to_dict()}, status_code=202)
+    job, already = await target.engine.cancel(target.project_id, target.agent)
+    return JSONResponse({"job": job.to_dict()}, status_code=200 if already else 202)
 
 
 async def project_status(request: Request) -> JSONResponse:

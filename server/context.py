@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Callable
@@ -12,6 +13,8 @@ from anyio.lowlevel import EventLoopToken
 from .jobs import Progress
 
 MAX_MESSAGE_LENGTH = 500
+
+logger = logging.getLogger(__name__)
 
 
 class RunContext:
@@ -28,6 +31,8 @@ class RunContext:
         self._on_report = on_report
         self._token = token
         self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], object]] = []
 
     @property
     def cancelled(self) -> bool:
@@ -38,7 +43,19 @@ class RunContext:
         return self._demo_seconds
 
     def cancel(self) -> None:
-        self._cancelled.set()
+        """Set ``cancelled`` and run each ``on_cancel`` callback once (here, in the caller's thread)."""
+        with self._lock:
+            self._cancelled.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            _call(callback)
+
+    def on_cancel(self, callback: Callable[[], object]) -> None:
+        with self._lock:
+            if not self._cancelled.is_set():
+                self._callbacks.append(callback)
+                return
+        _call(callback)
 
     def sleep(self, seconds: float) -> bool:
         return self._cancelled.wait(max(0.0, seconds))
@@ -52,6 +69,14 @@ class RunContext:
         except RuntimeError:
             # The loop is gone: the server shut down and abandoned this thread.
             pass
+
+
+def _call(callback: Callable[[], object]) -> None:
+    """An agent's callback; its failure is logged, never raised into the engine."""
+    try:
+        callback()
+    except Exception:
+        logger.exception("an on_cancel callback failed")
 
 
 def clean_percent(percent: object) -> float | None:

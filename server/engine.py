@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import random
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
@@ -22,13 +23,14 @@ import anyio.lowlevel
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
-from jobcast.agents import Agent
+from jobcast.agents import Agent, Retry, Transient
 
 from .backoff import Backoff
 from .context import RunContext
 from .errors import NothingToCancel, StaleJob, StoreUnavailable, UnknownAgent
-from .jobs import Job, JobError, JobStatus, Progress, ProgressUpdate
-from .plugins import agent_timeout
+from .estimates import Estimates
+from .jobs import Job, JobError, JobStatus, Progress, ProgressUpdate, now
+from .plugins import agent_retry, agent_timeout, attempts_for, is_idempotent
 from .scheduling import Caps, IfActive, Place, Priority, places
 from .settings import Settings
 from .store import Store
@@ -81,6 +83,9 @@ class Outcome:
     error: JobError | None = None
     #: the agent stopped (raised) after the job was cancelled
     cancelled: bool = False
+    #: the agent raised Transient: worth another attempt, if its policy allows
+    transient: bool = False
+    retry_after: float | None = None
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -94,6 +99,12 @@ class _Run:
     progress_changed: anyio.Event = dataclasses.field(default_factory=anyio.Event)
     #: set once the engine has decided the final state; no progress follows it
     final: bool = False
+    #: set when a cancel reaches the running agent: the grace for it to stop starts
+    stopping: anyio.Event = dataclasses.field(default_factory=anyio.Event)
+
+    def stop(self) -> None:
+        self.ctx.cancel()
+        self.stopping.set()
 
     def update(self) -> ProgressUpdate:
         assert self.job.started_at is not None
@@ -105,6 +116,8 @@ class _Run:
             started_at=self.job.started_at,
             percent=self.progress.percent,
             message=self.progress.message,
+            expected_s=self.job.expected_s,
+            overdue_after_s=self.job.overdue_after_s,
         )
 
 
@@ -129,6 +142,7 @@ class Engine:
         #: threads, max_queued, job_timeout, demo_seconds, progress_interval and the limits are the engine's
         self.settings = settings
         self.caps = caps_for(settings, agents)
+        self.estimates = Estimates(store)
         #: where a job ran, on its record
         self.runner = {"host": socket.gethostname(), "pid": os.getpid()}
         self._task_group = task_group
@@ -175,44 +189,56 @@ class Engine:
         requester: str = "",
     ) -> tuple[Job, bool]:
         """Queue a job, or return the active one (``if_active``: see :func:`~server.scheduling.decide_start`)."""
-        self.agent(agent_name)
-        new = Job.new(project_id, agent_name, priority=priority.value, started_by=started_by, requester=requester)
+        agent = self.agent(agent_name)
+        new = Job.new(
+            project_id,
+            agent_name,
+            priority=priority.value,
+            started_by=started_by,
+            requester=requester,
+            max_attempts=attempts_for(agent),
+        )
         job, deduplicated = await self.store.create_job(new, if_active, self.settings.max_queued)
         if not deduplicated and if_active is IfActive.REPLACE:
             for (
                 run
             ) in self._runs.values():  # the store recorded the cancel; stop ours without waiting for a lease round
                 if (run.job.project_id, run.job.agent) == (project_id, agent_name) and run.job.job_id != job.job_id:
-                    run.ctx.cancel()
+                    run.stop()
         self._wake.set()
         return job, deduplicated
 
-    async def cancel(self, project_id: str, agent_name: str) -> Job:
-        """Cancel a queued job at once; ask a running one to stop at its next check."""
+    async def cancel(self, project_id: str, agent_name: str) -> tuple[Job, bool]:
+        """Cancel a queued or retrying job at once; ask a running one to stop (it is ended ``cancelled``
+        after ``--cancel-grace`` if it does not). Returns the job, and whether it was cancelled already:
+        cancel is idempotent."""
         self.agent(agent_name)
         while True:
             job = await self.store.latest_job(project_id, agent_name)
+            if job is not None and job.status is JobStatus.CANCELLED:
+                return job, True
             if job is None or job.status.is_final:
                 raise NothingToCancel(project_id, agent_name)
+            if job.cancel_requested:
+                return job, True
             try:
-                return await self._cancel(job)
+                return await self._cancel(job), False
             except StaleJob:
                 continue  # it started or finished meanwhile; look again
 
     async def _cancel(self, job: Job) -> Job:
-        if job.status is JobStatus.QUEUED:
+        if job.status in (JobStatus.QUEUED, JobStatus.RETRYING):
+            why = "cancelled before it started" if job.status is JobStatus.QUEUED else "cancelled while retrying"
             cancelled = job.with_cancel_requested().transition(
-                JobStatus.CANCELLED, error=JobError(code="cancelled", message="cancelled before it started")
+                JobStatus.CANCELLED, error=JobError(code="cancelled", message=why)
             )
-            return (await self.store.update_job(cancelled, JobStatus.QUEUED)).job
-        if job.cancel_requested:
-            return job
+            return (await self.store.update_job(cancelled, job.status)).job
         # Record the request before waking the agent, so the job's final record carries it.
         requested = await self.store.update_job(job.with_cancel_requested(), JobStatus.RUNNING)
         run = self._runs.get(job.job_id)
         if run is not None:
             run.seq = requested.seq
-            run.ctx.cancel()
+            run.stop()
         elif not self.store.shared:
             self._cancel_on_start.add(job.job_id)  # started a moment ago; its run is not registered yet
         return requested.job
@@ -238,7 +264,7 @@ class Engine:
         self._task_group.start_soon(self._watch_queue, name="queue watch")
         failing = False
         while not self._stopping.is_set():
-            with anyio.move_on_after(1.0 if self.store.shared else math.inf):
+            with anyio.move_on_after(self._next_look()):
                 await self._wake.wait()
             self._wake = anyio.Event()
             try:
@@ -255,19 +281,36 @@ class Engine:
                 self._wake.set()
             self._sink.queue_changed()
 
+    def _next_look(self) -> float:
+        """How long the scheduler may sleep without a wake-up: until the next retry is due, and on a
+        shared store at most a second."""
+        wait = 1.0 if self.store.shared else math.inf
+        if self.store.next_retry_at is not None:
+            wait = min(wait, max(0.0, self.store.next_retry_at - now()) + 0.001)
+        return wait
+
     async def _watch_queue(self) -> None:
         backoff = Backoff()
         while True:
             try:
-                await self.store.wait_for_queue_change(30.0)
+                cancelled = await self.store.wait_for_queue_change(30.0)
                 backoff.reset()
             except StoreUnavailable:
                 await backoff.sleep()
+                cancelled = set()
+            for job_id in cancelled:
+                run = self._runs.get(job_id)
+                if run is not None:
+                    run.stop()
             self._wake.set()
+
+    async def _with_estimate(self, running: Job) -> Job:
+        found = await self.estimates.for_job(running.agent, running.project_id)
+        return running.with_estimate(found.expected_s, found.overdue_after_s)
 
     async def _fill_threads(self) -> None:
         while self._free_slots > 0 and not (self._stopping.is_set() or self._draining.is_set()):
-            began = await self.store.start_next(self.caps, self.runner, self.agents.keys())
+            began = await self.store.start_next(self.caps, self.runner, self.agents.keys(), self._with_estimate)
             if began is None:
                 return
             self._free_slots -= 1
@@ -277,7 +320,7 @@ class Engine:
             self._runs[job.job_id] = run  # at once: a cancel from now on finds it
             if job.job_id in self._cancel_on_start:
                 self._cancel_on_start.discard(job.job_id)
-                run.ctx.cancel()
+                run.stop()
             self._task_group.start_soon(self._run_guarded, run, name=f"job {job.job_id}")
 
     # -- lifecycle -----------------------------------------------------------------
@@ -323,7 +366,7 @@ class Engine:
         for job_id in report.lost | report.cancel_requested:
             run = self._runs.get(job_id)
             if run is not None:
-                run.ctx.cancel()  # a lost job's outcome is discarded by the compare-and-set anyway
+                run.stop()  # a lost job's outcome is discarded by the compare-and-set anyway
         await self.recover("the process running the job stopped renewing its lease")
 
     async def drain(self, grace: float) -> None:
@@ -353,9 +396,18 @@ class Engine:
         return "this process's unfinished jobs are marked interrupted when jobcast next starts"
 
     async def _interrupt(self, job: Job, reason: str) -> bool:
-        failed = job.transition(JobStatus.FAILED, error=JobError(code="interrupted", message=reason))
+        """End a job its process lost as ``interrupted``, or requeue it as its next attempt if its agent
+        is idempotent and it has attempts left."""
+        error = JobError(code="interrupted", message=reason)
+        agent = self.agents.get(job.agent)
+        if job.status is JobStatus.RUNNING and agent is not None and is_idempotent(agent) and job.attempts_left > 0:
+            ended = job.transition(JobStatus.QUEUED, error=error)
+            logger.warning("job %s of %s/%s requeued as attempt %d: %s", job.job_id, job.project_id, job.agent,
+                           ended.attempt, reason)  # fmt: skip
+        else:
+            ended = job.transition(JobStatus.FAILED, error=error)
         try:
-            await self.store.update_job(failed, job.status)
+            await self.store.update_job(ended, job.status)
         except StaleJob:
             return False
         return True
@@ -411,7 +463,8 @@ class Engine:
 
     async def _supervise(self, run: _Run, agent: Agent) -> Outcome:
         async with anyio.create_task_group() as helpers:
-            helpers.start_soon(self._expire_after, run, self.timeout_for(agent))
+            helpers.start_soon(self._expire_after, run, agent)
+            helpers.start_soon(self._end_after_cancel_grace, run)
             helpers.start_soon(self._pump_progress, run)
             outcome = await anyio.to_thread.run_sync(
                 call_agent, agent, run.job.project_id, run.ctx, limiter=self._threads, abandon_on_cancel=True
@@ -419,25 +472,55 @@ class Engine:
             helpers.cancel_scope.cancel()
         return outcome
 
-    async def _expire_after(self, run: _Run, timeout: float) -> None:
+    async def _expire_after(self, run: _Run, agent: Agent) -> None:
+        timeout = self.timeout_for(agent)
         await anyio.sleep(timeout)
         run.ctx.cancel()
-        message = f"the job did not finish within its {timeout:g} s limit"
+        error = JobError(code="timed_out", message=f"the job did not finish within its {timeout:g} s limit")
+        retry = agent_retry(agent)
         try:
-            await self._conclude(run, JobStatus.TIMED_OUT, error=JobError(code="timed_out", message=message))
+            if retry is not None and retry.on_timeout and run.job.attempts_left > 0:
+                await self._conclude(run, JobStatus.RETRYING, error=error, retry_at=self._retry_at(run, retry, None))
+            else:
+                await self._conclude(run, JobStatus.TIMED_OUT, error=error)
         except StoreUnavailable:
             # Not raised into the job's helpers: that would cancel the wait for the thread and free its slot.
             logger.warning("job %s timed out but could not be saved: %s", run.job.job_id, self._who_ends_unsaved_jobs())
 
+    async def _end_after_cancel_grace(self, run: _Run) -> None:
+        """An agent that ignores a cancel for ``--cancel-grace`` seconds is ended ``cancelled`` anyway;
+        its thread keeps its slot until it returns, and its late result is discarded."""
+        await run.stopping.wait()
+        await anyio.sleep(self.settings.cancel_grace)
+        message = f"the agent did not stop within {self.settings.cancel_grace:g} s of the cancel; ended anyway"
+        try:
+            await self._conclude(run, JobStatus.CANCELLED, error=JobError(code="cancelled", message=message))
+        except StoreUnavailable:
+            logger.warning("job %s was cancelled but could not be saved: %s", run.job.job_id,
+                           self._who_ends_unsaved_jobs())  # fmt: skip
+
     async def _finish(self, run: _Run, outcome: Outcome) -> None:
         # An agent that returned a result finished before it noticed a cancel: keep the result.
+        if run.final:
+            return  # timed out, or ended after the cancel grace, while the thread still ran
+        retry = agent_retry(self.agents[run.job.agent])
         if outcome.cancelled:
             error = JobError(code="cancelled", message="cancelled on request")
             await self._conclude(run, JobStatus.CANCELLED, error=error)
+        elif outcome.transient and retry is not None and run.job.attempts_left > 0 and outcome.error is not None:
+            retry_at = self._retry_at(run, retry, outcome.retry_after)
+            await self._conclude(run, JobStatus.RETRYING, error=outcome.error, retry_at=retry_at)
         elif outcome.error is not None:
             await self._conclude(run, JobStatus.FAILED, error=outcome.error)
         else:
             await self._conclude(run, JobStatus.COMPLETED, result=outcome.result)
+            self.estimates.forget(run.job.agent, run.job.project_id)
+
+    def _retry_at(self, run: _Run, retry: Retry, retry_after: float | None) -> float:
+        """``max(retry_after, uniform(0, backoff * 2**(attempt-1)))``, the random part capped at ``max_backoff``."""
+        backoff = min(retry.max_backoff, retry.backoff * 2 ** (run.job.attempt - 1))
+        wait = max(retry_after or 0.0, random.uniform(0, backoff))
+        return now() + wait
 
     async def _conclude(
         self,
@@ -446,26 +529,35 @@ class Engine:
         *,
         result: dict[str, Any] | None = None,
         error: JobError | None = None,
+        retry_at: float | None = None,
     ) -> None:
-        """Write the final state once; a job already final (timed out, lost) stays as it is."""
+        """Write how the attempt ended, once: a final state, or ``retrying``. A job already final
+        (timed out, lost) or on another attempt stays as it is."""
+        if run.final:
+            return
         run.final = True
         self._sink.job_ended(run.job.project_id, run.job.job_id)
         with anyio.CancelScope(shield=True):
-            await self._until_saved(self._write_final, run, status, result, error)
+            await self._until_saved(self._write_final, run, status, result, error, retry_at)
 
     async def _write_final(
-        self, run: _Run, status: JobStatus, result: dict[str, Any] | None, error: JobError | None
+        self,
+        run: _Run,
+        status: JobStatus,
+        result: dict[str, Any] | None,
+        error: JobError | None,
+        retry_at: float | None = None,
     ) -> None:
         current = await self.store.get_job(run.job.job_id)
         if current is None:
             logger.warning("job %s is gone from the store; discarding its %s outcome", run.job.job_id, status.value)
             return
-        if current.status is not JobStatus.RUNNING:
+        if current.status is not JobStatus.RUNNING or current.attempt != run.job.attempt:
             logger.info(
                 "job %s is already %s; discarding its %s outcome", run.job.job_id, current.status.value, status.value
             )
             return
-        final = current.with_progress(run.progress).transition(status, result=result, error=error)
+        final = current.with_progress(run.progress).transition(status, result=result, error=error, retry_at=retry_at)
         try:
             await self.store.update_job(final, JobStatus.RUNNING)
         except StaleJob:
@@ -534,6 +626,12 @@ def call_agent(agent: Agent, project_id: str, ctx: RunContext) -> Outcome:
     """Runs in the worker thread: call the agent and turn whatever happens into an Outcome."""
     try:
         result = agent.refresh(project_id, ctx)
+    except Transient as exc:
+        if ctx.cancelled:
+            return Outcome(cancelled=True)
+        logger.warning("agent %r hit a transient failure for project %r: %s", agent.name, project_id, exc.message)
+        error = JobError(code="transient_error", message=exc.message or "a transient failure")
+        return Outcome(error=error, transient=True, retry_after=exc.retry_after)
     except Exception as exc:
         if ctx.cancelled:
             return Outcome(cancelled=True)

@@ -21,6 +21,8 @@ class JobStatus(enum.StrEnum):
     QUEUED = "queued"
     #: the agent's ``refresh`` is running in a worker thread
     RUNNING = "running"
+    #: an attempt failed in a way worth retrying; the next waits for ``retry_at``, then for the queue
+    RETRYING = "retrying"
     #: the agent returned a result
     COMPLETED = "completed"
     #: the agent raised, or the server lost the job (``error.code == "interrupted"``)
@@ -44,11 +46,13 @@ FINAL_STATES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCE
 #: client and the dashboard keep copies that tests compare with them.
 ACTIVE_STATES = frozenset(JobStatus) - FINAL_STATES
 
-#: Every legal move. ``failed`` is reachable from ``queued`` only for jobs the
-#: server lost (a restart or an expired lease), never from agent code.
+#: Every legal move. ``failed`` is reachable from ``queued`` and ``retrying`` only for jobs
+#: the server lost, never from agent code. ``running -> queued`` requeues an idempotent
+#: agent's job whose process died (docs/retries.md).
 TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
-    JobStatus.RUNNING: FINAL_STATES,
+    JobStatus.RUNNING: FINAL_STATES | {JobStatus.RETRYING, JobStatus.QUEUED},
+    JobStatus.RETRYING: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
     JobStatus.COMPLETED: frozenset(),
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELLED: frozenset(),
@@ -117,6 +121,16 @@ class Job:
     after: str | None = None
     #: where the job ran: ``{"host": ..., "pid": ...}``, once it starts
     runner: dict[str, Any] | None = None
+    #: which attempt is running (or, while retrying, comes next), from 1; and how many the agent allows
+    attempt: int = 1
+    max_attempts: int = 1
+    #: while retrying: when the next attempt may start
+    retry_at: float | None = None
+    #: each ended attempt: ``{"attempt", "started_at", "finished_at", "status", "error"}``
+    attempts: tuple[dict[str, Any], ...] = ()
+    #: from the agent's history when the attempt started: its typical duration and its 90th percentile
+    expected_s: float | None = None
+    overdue_after_s: float | None = None
 
     @classmethod
     def new(
@@ -127,9 +141,11 @@ class Job:
         priority: str = "normal",
         started_by: str | None = None,
         requester: str = "",
+        max_attempts: int = 1,
     ) -> Job:
         created = now()
         return cls(
+            max_attempts=max_attempts,
             job_id=uuid.uuid4().hex,
             project_id=project_id,
             agent=agent,
@@ -155,18 +171,43 @@ class Job:
         result: dict[str, Any] | None = None,
         error: JobError | None = None,
         at: float | None = None,
+        retry_at: float | None = None,
     ) -> Job:
-        """Return the record after moving to ``target``; raise if the move is illegal."""
+        """Return the record after moving to ``target``; raise if the move is illegal.
+
+        Leaving ``running`` ends an attempt, which joins ``attempts``; going to ``retrying``
+        (with ``retry_at``) or back to ``queued`` makes the next attempt the current one.
+        """
         check_transition(self.status, target)
         moment = now() if at is None else at
         changes: dict[str, Any] = {"status": target, "updated_at": moment}
+        if self.status is JobStatus.RUNNING:
+            changes["attempts"] = (*self.attempts, self._attempt_record(target, moment, error))
         if target is JobStatus.RUNNING:
-            changes["started_at"] = moment
+            changes.update(started_at=moment, error=None, retry_at=None)
+        if target in (JobStatus.RETRYING, JobStatus.QUEUED) and self.status is JobStatus.RUNNING:
+            changes.update(attempt=self.attempt + 1, error=error, retry_at=retry_at, cancel_requested=False)
         if target.is_final:
             changes["finished_at"] = moment
             changes["result"] = result if target is JobStatus.COMPLETED else None
             changes["error"] = error
         return dataclasses.replace(self, **changes)
+
+    def _attempt_record(self, ended: JobStatus, moment: float, error: JobError | None) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "started_at": self.started_at,
+            "finished_at": moment,
+            "status": ended.value,
+            "error": None if error is None else error.to_dict(),
+        }
+
+    @property
+    def attempts_left(self) -> int:
+        return self.max_attempts - self.attempt
+
+    def with_estimate(self, expected_s: float | None, overdue_after_s: float | None) -> Job:
+        return dataclasses.replace(self, expected_s=expected_s, overdue_after_s=overdue_after_s)
 
     def with_cancel_requested(self) -> Job:
         return dataclasses.replace(self, cancel_requested=True, updated_at=now())
@@ -204,6 +245,11 @@ class Job:
             "after": self.after,
             "runner": self.runner,
             "queue": None if queue is None else dict(queue),
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "retry_at": isoformat(self.retry_at),
+            "attempts": [_public_attempt(entry) for entry in self.attempts],
+            **estimate(self, at),
         }
 
     def to_record(self) -> dict[str, Any]:
@@ -221,8 +267,44 @@ class Job:
                 "status": JobStatus(record["status"]),
                 "progress": Progress(**record["progress"]),
                 "error": None if error is None else JobError(**error),
+                "attempts": tuple(record.get("attempts", ())),
             }
         )
+
+
+def _public_attempt(entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        **entry,
+        "started_at": isoformat(entry.get("started_at")),
+        "finished_at": isoformat(entry.get("finished_at")),
+    }
+
+
+def estimate(job: Job, at: float | None = None) -> dict[str, Any]:
+    """``expected_s``, ``eta_s`` and ``overdue`` of a running job (docs/retries.md, "ETA"); nulls otherwise."""
+    if job.status is not JobStatus.RUNNING or job.started_at is None:
+        return {"expected_s": job.expected_s, "eta_s": None, "overdue": False}
+    elapsed = max(0.0, (now() if at is None else at) - job.started_at)
+    return eta_fields(job.expected_s, job.overdue_after_s, elapsed, job.progress.percent)
+
+
+def eta_fields(
+    expected_s: float | None, overdue_after_s: float | None, elapsed: float, percent: float | None
+) -> dict[str, Any]:
+    """Seconds left from the typical duration and the reported percent: by the percent
+    (``elapsed * (100 - p) / p``) weighted by how far along the job says it is, the rest from
+    ``expected - elapsed``; never negative. None without history."""
+    if expected_s is None:
+        return {"expected_s": None, "eta_s": None, "overdue": False}
+    by_history = max(0.0, expected_s - elapsed)
+    if percent is not None and percent > 0:
+        weight = min(percent, 100.0) / 100
+        by_percent = elapsed * (100 - min(percent, 100.0)) / min(percent, 100.0)
+        left = weight * by_percent + (1 - weight) * by_history
+    else:
+        left = by_history
+    overdue = overdue_after_s is not None and elapsed > overdue_after_s
+    return {"expected_s": round(expected_s, 3), "eta_s": round(max(0.0, left), 1), "overdue": overdue}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -264,6 +346,9 @@ class ProgressUpdate:
     started_at: float
     percent: float | None
     message: str | None
+    #: the job's typical duration and its 90th percentile, from its history (None: no history)
+    expected_s: float | None = None
+    overdue_after_s: float | None = None
 
     def to_record(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -283,6 +368,7 @@ class ProgressUpdate:
             "percent": self.percent,
             "message": self.message,
             "seq": self.seq,
+            **eta_fields(self.expected_s, self.overdue_after_s, elapsed, self.percent),
         }
 
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from jobcast.agents import Agent
+from jobcast.agents import Agent, Retry
 
 from .errors import ConfigError
 
@@ -82,6 +82,11 @@ def _check_contract(spec: str, agent: Any) -> None:
     timeout = getattr(agent, "timeout", None)
     if timeout is not None and not _is_positive_number(timeout):
         raise ConfigError(f"agent {spec!r}: timeout must be a positive number of seconds")
+    retry = getattr(agent, "retry", None)
+    if retry is not None and not isinstance(retry, Retry):
+        raise ConfigError(f"agent {spec!r}: retry must be a jobcast.agents.Retry, like Retry(attempts=3)")
+    if not isinstance(getattr(agent, "idempotent", False), bool):
+        raise ConfigError(f"agent {spec!r}: idempotent must be True or False")
     max_running = getattr(agent, "max_running", None)
     if max_running is not None and not (
         isinstance(max_running, int) and not isinstance(max_running, bool) and max_running >= 1
@@ -91,6 +96,24 @@ def _check_contract(spec: str, agent: Any) -> None:
 
 def _is_positive_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def agent_retry(agent: Agent) -> Retry | None:
+    retry = getattr(agent, "retry", None)
+    return retry if isinstance(retry, Retry) else None
+
+
+def is_idempotent(agent: Agent) -> bool:
+    return getattr(agent, "idempotent", False) is True
+
+
+def attempts_for(agent: Agent) -> int:
+    """How many attempts a job of ``agent`` may have: its ``retry.attempts``; an idempotent agent
+    without a policy gets the default policy's, for requeues after its process died."""
+    retry = agent_retry(agent)
+    if retry is not None:
+        return retry.attempts
+    return Retry().attempts if is_idempotent(agent) else 1
 
 
 def agent_timeout(agent: Agent, default: float) -> float:

@@ -26,7 +26,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .errors import InvalidInput
-from .jobs import Job, JobError, JobStatus
+from .jobs import Job, JobError, JobStatus, now
 
 
 class Priority(enum.StrEnum):
@@ -77,6 +77,8 @@ class Waiting(enum.StrEnum):
     AGENT_LIMIT = "agent_limit"
     USER_LIMIT = "user_limit"
     PREVIOUS_JOB = "previous_job"
+    #: a retrying job waits for its ``retry_at`` before it rejoins the line
+    RETRY = "retry"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,28 +102,34 @@ class Queued:
     requester: str
     created_at: float
     after: str | None = None
+    #: a retrying job's ``retry_at``: it may not start before
+    not_before: float | None = None
 
     @classmethod
     def of(cls, job: Job) -> Queued:
+        not_before = job.retry_at if job.status is JobStatus.RETRYING else None
         return cls(
-            job.job_id, job.project_id, job.agent, Priority(job.priority), job.requester, job.created_at, job.after
+            job.job_id,
+            job.project_id,
+            job.agent,
+            Priority(job.priority),
+            job.requester,
+            job.created_at,
+            job.after,
+            not_before,
         )
 
     def to_record(self) -> list[Any]:
         return [
-            self.job_id,
-            self.project_id,
-            self.agent,
-            self.priority.value,
-            self.requester,
-            self.created_at,
-            self.after,
-        ]
+            self.job_id, self.project_id, self.agent, self.priority.value, self.requester, self.created_at,
+            self.after, self.not_before,
+        ]  # fmt: skip
 
     @classmethod
     def from_record(cls, record: Sequence[Any]) -> Queued:
-        job_id, project_id, agent, priority, requester, created_at, after = record
-        return cls(job_id, project_id, agent, Priority(priority), requester, float(created_at), after)
+        job_id, project_id, agent, priority, requester, created_at, after, *rest = record
+        not_before = rest[0] if rest else None
+        return cls(job_id, project_id, agent, Priority(priority), requester, float(created_at), after, not_before)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +166,7 @@ class QueueState:
     def of(cls, jobs: Iterable[Job], last_started: Mapping[str, float] | None = None) -> QueueState:
         queued, running = [], []
         for job in jobs:
-            if job.status is JobStatus.QUEUED:
+            if job.status in (JobStatus.QUEUED, JobStatus.RETRYING):
                 queued.append(Queued.of(job))
             elif job.status is JobStatus.RUNNING:
                 running.append(RunningJob.of(job))
@@ -210,8 +218,10 @@ def ordered(state: QueueState) -> list[Queued]:
     return [job for _, job in keyed]
 
 
-def _held_back(job: Queued, load: _Load, active: set[str], caps: Caps) -> tuple[Waiting, str] | None:
-    """The limit (or previous job) that keeps ``job`` from starting now, if any."""
+def _held_back(job: Queued, load: _Load, active: set[str], caps: Caps, moment: float) -> tuple[Waiting, str] | None:
+    """The limit (or previous job, or retry time) that keeps ``job`` from starting now, if any."""
+    if job.not_before is not None and job.not_before > moment:
+        return Waiting.RETRY, f"next attempt in {max(1, round(job.not_before - moment))} s"
     if job.after is not None and job.after in active:
         return Waiting.PREVIOUS_JOB, f"waiting for job {job.after[:8]} to end"
     running = load.projects[job.project_id]
@@ -227,33 +237,44 @@ def _held_back(job: Queued, load: _Load, active: set[str], caps: Caps) -> tuple[
     return None
 
 
-def next_startable(state: QueueState, caps: Caps, runnable: Collection[str] | None = None) -> Queued | None:
+def next_startable(
+    state: QueueState, caps: Caps, runnable: Collection[str] | None = None, moment: float | None = None
+) -> Queued | None:
     """The job a free thread takes now: the first in :func:`ordered` that nothing holds back.
 
     ``runnable``: the agents the process has (a ``jobcast worker --agent ...`` runs only those).
     """
-    return next(startable(state, caps, runnable), None)
+    return next(startable(state, caps, runnable, moment), None)
 
 
-def startable(state: QueueState, caps: Caps, runnable: Collection[str] | None = None) -> Iterator[Queued]:
+def startable(
+    state: QueueState, caps: Caps, runnable: Collection[str] | None = None, moment: float | None = None
+) -> Iterator[Queued]:
     """Every job nothing holds back now, in order: the first is :func:`next_startable`, the rest are
     what a thread tries when another process took the first meanwhile."""
     load = _Load(state.running)
     active = load.ids | {job.job_id for job in state.queued}
+    moment = now() if moment is None else moment
     for job in ordered(state):
         if runnable is not None and job.agent not in runnable:
             continue
-        if _held_back(job, load, active, caps) is None:
+        if _held_back(job, load, active, caps, moment) is None:
             yield job
 
 
-def places(state: QueueState, caps: Caps) -> list[Place]:
-    """Every queued job's place and what it waits for, in order."""
+def next_retry_at(state: QueueState) -> float | None:
+    """When the earliest retrying job may start: the scheduler looks again then."""
+    return min((job.not_before for job in state.queued if job.not_before is not None), default=None)
+
+
+def places(state: QueueState, caps: Caps, moment: float | None = None) -> list[Place]:
+    """Every queued (or retrying) job's place and what it waits for, in order."""
     load = _Load(state.running)
     active = load.ids | {job.job_id for job in state.queued}
+    moment = now() if moment is None else moment
     found = []
     for position, job in enumerate(ordered(state), start=1):
-        held = _held_back(job, load, active, caps)
+        held = _held_back(job, load, active, caps, moment)
         if held is None:
             ahead = position - 1
             held = Waiting.THREAD, "next to start" if ahead == 0 else f"{ahead} ahead in the queue"
@@ -264,7 +285,7 @@ def places(state: QueueState, caps: Caps) -> list[Place]:
 def over_limit(job: Queued, state: QueueState, caps: Caps) -> tuple[Waiting, str] | None:
     """Whether ``job`` is held back now (a claim checks this atomically with the start)."""
     load = _Load(state.running)
-    return _held_back(job, load, load.ids | {queued.job_id for queued in state.queued}, caps)
+    return _held_back(job, load, load.ids | {queued.job_id for queued in state.queued}, caps, now())
 
 
 # -- what a refresh does to the agent's active jobs ---------------------------------------------
@@ -306,7 +327,7 @@ def decide_start(active: Sequence[Job], new: Job, if_active: IfActive) -> StartD
     cancel = tuple(
         job.with_cancel_requested().transition(JobStatus.CANCELLED, error=reason)
         for job in active
-        if job.status is JobStatus.QUEUED
+        if job.status in (JobStatus.QUEUED, JobStatus.RETRYING)
     )
     if head.status is JobStatus.RUNNING:
         stop = None if head.cancel_requested else head.with_cancel_requested()

@@ -17,7 +17,7 @@ PACKAGE = Path(jobcast.__file__).parent
 SERVER_LAYERS: list[set[str]] = [
     {"errors", "jobs", "scheduling", "validation", "backoff", "settings", "cursor", "logs", "uvicorn_ws", "wire"},
     {"store"},
-    {"context", "plugins", "engine", "channel", "hub"},
+    {"context", "plugins", "estimates", "engine", "channel", "hub"},
     {"views", "auth", "limits", "access", "origins", "http_errors"},
     {"api", "legacy", "push", "pages"},
     {"app", "runner", "connections", "cli", "workers", "worker"},

@@ -17,6 +17,11 @@ LEGAL = {
     ("running", "failed"),
     ("running", "cancelled"),
     ("running", "timed_out"),
+    ("running", "retrying"),  # an attempt failed in a way worth retrying
+    ("running", "queued"),  # an idempotent agent's job requeued after its process died
+    ("retrying", "running"),
+    ("retrying", "cancelled"),
+    ("retrying", "failed"),
 }
 
 
@@ -72,6 +77,7 @@ def test_job_records_round_trip() -> None:
         "job_id", "project_id", "agent", "status", "created_at", "updated_at", "started_at",
         "finished_at", "elapsed_s", "progress", "cancel_requested", "result", "error",
         "priority", "started_by", "after", "runner", "queue",
+        "attempt", "max_attempts", "retry_at", "attempts", "expected_s", "eta_s", "overdue",
     }  # fmt: skip
     assert "requester" not in public  # the scheduler's name for the user may be an address: never shown
 

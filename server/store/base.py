@@ -13,13 +13,13 @@ import dataclasses
 import itertools
 import math
 import urllib.parse
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 
 import anyio
 
 from ..errors import StaleJob
 from ..jobs import Event, Job, JobStatus, LastResult, Progress, ProgressUpdate, ProjectState
-from ..scheduling import Caps, IfActive, QueueState, over_limit, startable
+from ..scheduling import Caps, IfActive, QueueState, next_retry_at, over_limit, startable
 
 #: A claim that loses a race (another process took the job, or a limit filled) looks again this many times.
 _CLAIM_TRIES = 5
@@ -41,6 +41,8 @@ class Store(abc.ABC):
         self._feed = ChangeFeed()
         self._queue_change = anyio.Event()
         self._claiming = anyio.Lock()
+        #: when the earliest retrying job may start, as the last look at the queue saw it
+        self.next_retry_at: float | None = None
 
     def claim(self, serving: str | None = None) -> None:
         """Take the store for this process before it serves (``jobcast serve`` calls it first).
@@ -76,9 +78,10 @@ class Store(abc.ABC):
     async def queue_state(self) -> QueueState:
         """Every queued and running job, as the scheduler sees them."""
 
-    async def start_queued(self, running: Job, caps: Caps) -> Event | None:
-        """Start a queued job: its ``running`` record, written only if it is still queued and no limit
-        holds it back now. None when a limit does; :class:`~server.errors.StaleJob` when it is not queued.
+    async def start_queued(self, running: Job, caps: Caps, expected: JobStatus = JobStatus.QUEUED) -> Event | None:
+        """Start a waiting job: its ``running`` record, written only if it is still ``expected`` (queued or
+        retrying) and no limit holds it back now. None when a limit does; :class:`~server.errors.StaleJob`
+        when it no longer waits.
 
         This default serves stores only one process writes, whose engine claims one job at a time.
         """
@@ -86,28 +89,38 @@ class Store(abc.ABC):
             state = await self.queue_state()
             waiting = next((job for job in state.queued if job.job_id == running.job_id), None)
             if waiting is None:
-                raise StaleJob(running.job_id, JobStatus.QUEUED.value)
+                raise StaleJob(running.job_id, expected.value)
             if over_limit(waiting, state, caps) is not None:
                 return None
-            return await self.update_job(running, JobStatus.QUEUED)
+            return await self.update_job(running, expected)
 
     async def start_next(
-        self, caps: Caps, runner: Mapping[str, object], runnable: Collection[str] | None = None
+        self,
+        caps: Caps,
+        runner: Mapping[str, object],
+        runnable: Collection[str] | None = None,
+        prepare: Callable[[Job], Awaitable[Job]] | None = None,
     ) -> Event | None:
         """Start the job a free thread should take (:func:`~server.scheduling.next_startable`), if any.
 
         Losing it to another process, it tries the next startable ones before it reads the queue again.
+        ``prepare`` adds to the running record before it is written (the engine's estimate).
         """
         for _ in range(_CLAIM_TRIES):
-            candidates = list(itertools.islice(startable(await self.queue_state(), caps, runnable), _CLAIM_TRIES))
+            state = await self.queue_state()
+            self.next_retry_at = next_retry_at(state)
+            candidates = list(itertools.islice(startable(state, caps, runnable), _CLAIM_TRIES))
             if not candidates:
                 return None
             for candidate in candidates:
                 job = await self.get_job(candidate.job_id)
-                if job is None or job.status is not JobStatus.QUEUED:
+                if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RETRYING):
                     continue
+                if prepare is not None:
+                    job = await prepare(job)
+                running = job.started_on(runner)  # stamped last: started_at is as close to the start as it can be
                 try:
-                    event = await self.start_queued(job.started_on(runner), caps)
+                    event = await self.start_queued(running, caps, job.status)
                 except StaleJob:
                     continue  # another process took it first
                 if event is not None:
@@ -115,11 +128,16 @@ class Store(abc.ABC):
                 break  # a limit filled meanwhile: what is startable has changed
         return None
 
-    async def wait_for_queue_change(self, timeout: float) -> None:
-        """Return when a job was queued, started or ended (in any process sharing the store), or after ``timeout``."""
+    async def wait_for_queue_change(self, timeout: float) -> set[str]:
+        """Return when a job was queued, started or ended (in any process sharing the store), or after ``timeout``.
+
+        A shared store also returns the running jobs whose cancel was just requested through
+        another process, so the one running them stops them at once (here, the engine already has).
+        """
         changed = self._queue_change
         with anyio.move_on_after(timeout):
             await changed.wait()
+        return set()
 
     def _queue_changed(self) -> None:
         self._queue_change.set()
@@ -147,6 +165,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_jobs(self, project_id: str, agent: str | None, limit: int) -> list[Job]:
         """History, newest first."""
+
+    @abc.abstractmethod
+    async def durations(self, agent: str, project_id: str | None, limit: int) -> list[float]:
+        """How long the agent's last ``limit`` completed jobs ran (their last attempt), newest first;
+        of one project, or of all (``None``). For the ETA."""
 
     @abc.abstractmethod
     async def last_results(self, project_id: str) -> dict[str, LastResult]:
@@ -276,13 +299,19 @@ class ActiveJobs:
         return sorted(found, key=lambda job: (job.created_at, job.job_id))
 
     def queued_count(self) -> int:
-        return sum(job.status is JobStatus.QUEUED for job in self._jobs.values())
+        return sum(job.status in (JobStatus.QUEUED, JobStatus.RETRYING) for job in self._jobs.values())
 
     def state(self) -> QueueState:
         return QueueState.of(self._jobs.values(), self._last_started)
 
     def jobs(self) -> list[Job]:
         return list(self._jobs.values())
+
+
+def duration_of(job: Job) -> float | None:
+    if job.status is not JobStatus.COMPLETED or job.started_at is None or job.finished_at is None:
+        return None
+    return job.finished_at - job.started_at
 
 
 def newest_first(jobs: Sequence[Job], limit: int) -> list[Job]:

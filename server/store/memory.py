@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from ..errors import QueueFull, StaleJob
 from ..jobs import Event, Job, JobStatus, LastResult, Progress, ProjectState
 from ..scheduling import IfActive, QueueState, decide_start
-from .base import ActiveJobs, Store, newest_first
+from .base import ActiveJobs, Store, duration_of, newest_first
 
 
 class MemoryStore(Store):
@@ -75,6 +75,15 @@ class MemoryStore(Store):
             return active[-1]
         jobs = self._list(project_id, agent, 1)
         return jobs[0] if jobs else None
+
+    async def durations(self, agent: str, project_id: str | None, limit: int) -> list[float]:
+        done = [
+            job
+            for job in self._jobs.values()
+            if job.agent == agent and job.status is JobStatus.COMPLETED and project_id in (None, job.project_id)
+        ]
+        found = (duration_of(job) for job in sorted(done, key=lambda job: job.finished_at or 0, reverse=True))
+        return [value for value in found if value is not None][:limit]
 
     async def list_jobs(self, project_id: str, agent: str | None, limit: int) -> list[Job]:
         return self._list(project_id, agent, limit)

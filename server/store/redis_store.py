@@ -80,6 +80,7 @@ _UNAVAILABLE = (
 #: The job states as the Lua scripts see them, spelled from server/jobs.py.
 _STATES = (
     f"local QUEUED, RUNNING = '{JobStatus.QUEUED.value}', '{JobStatus.RUNNING.value}'\n"
+    f"local WAITING = {{['{JobStatus.QUEUED.value}'] = true, ['{JobStatus.RETRYING.value}'] = true}}\n"
     "local ACTIVE = {" + ", ".join(sorted(f"['{status.value}'] = true" for status in ACTIVE_STATES)) + "}\n"
 )
 
@@ -114,9 +115,10 @@ end
 #: What ends a job's part in the queue: out of ``queued``, out of ``running`` (and its counts), and,
 #: once final, its (project, agent)'s follow-up becomes the head.
 _LEAVE = """
-local function leave(p, project, agent, id, from, to)
+local function leave(p, project, agent, id, from, to, meta)
   if from == to then return end
-  if from == QUEUED then redis.call('HDEL', p .. 'queued', id) end
+  if WAITING[from] then redis.call('HDEL', p .. 'queued', id) end
+  if WAITING[to] and meta and meta ~= '' then redis.call('HSET', p .. 'queued', id, meta) end
   if from == RUNNING then
     if redis.call('HDEL', p .. 'running', id) == 1 then
       local user = redis.call('HGET', p .. 'job:' .. id, 'user') or ''
@@ -170,11 +172,12 @@ end
 local seq = 0
 for _, job in ipairs(plan.cancel) do
   redis.call('HSET', p .. 'job:' .. job.id, 'status', job.status, 'record', job.record)
-  leave(p, project, agent, job.id, QUEUED, job.status)
+  leave(p, project, agent, job.id, job.from, job.status)
   seq = append(p, project, job.record, job.updated_at, ARGV[6])
 end
 if plan.stop ~= cjson.null then
   redis.call('HSET', p .. 'job:' .. plan.stop.id, 'record', plan.stop.record, 'cancel', '1')
+  redis.call('XADD', p .. 'sched', 'MAXLEN', '~', 256, '*', 'cancel', plan.stop.id)
   seq = append(p, project, plan.stop.record, plan.stop.updated_at, ARGV[6])
 end
 local new = plan.insert
@@ -195,14 +198,14 @@ return {'ok', seq, epoch}
 )
 
 # ARGV: prefix, project, agent, job_id, record, updated_at, maxlen, owner, lease_ms,
-#       per_project, per_agent, per_user, after, running meta
-#: Start a queued job, if it is still queued and no limit holds it back: the check and the start are one step.
+#       per_project, per_agent, per_user, after, running meta, expected status (queued or retrying)
+#: Start a waiting job, if it still waits and no limit holds it back: the check and the start are one step.
 _CLAIM = (
     _WRITE
     + _SCHED
     + """
 local key = p .. 'job:' .. id
-if redis.call('HGET', key, 'status') ~= QUEUED then return {'stale'} end
+if redis.call('HGET', key, 'status') ~= ARGV[15] then return {'stale'} end
 if ARGV[13] ~= '' and ACTIVE[redis.call('HGET', p .. 'job:' .. ARGV[13], 'status')] then return {'held'} end
 local user = redis.call('HGET', key, 'user') or ''
 local counted = {{'p:' .. project, ARGV[10]}, {'a:' .. agent, ARGV[11]}, {'u:' .. user, ARGV[12]}}
@@ -221,7 +224,8 @@ return {'ok', append(p, project, ARGV[5], ARGV[6], ARGV[7]), epoch}
 """
 )
 
-# ARGV: prefix, project, agent, job_id, expected, status, record, updated_at, maxlen, final, result, cancel
+# ARGV: prefix, project, agent, job_id, expected, status, record, updated_at, maxlen, final, result, cancel,
+#       queue meta (a job going back to wait: retrying, or requeued), duration (a job that completed)
 _UPDATE = (
     _WRITE
     + _SCHED
@@ -231,8 +235,20 @@ local key = p .. 'job:' .. id
 if redis.call('HGET', key, 'status') ~= ARGV[5] then return {'stale'} end
 redis.call('HSET', key, 'status', ARGV[6], 'record', ARGV[7])
 redis.call('HDEL', key, 'progress')
-if ARGV[12] == '1' then redis.call('HSET', key, 'cancel', '1') end
-leave(p, project, agent, id, ARGV[5], ARGV[6])
+if ARGV[12] == '1' and redis.call('HGET', key, 'cancel') ~= '1' then
+  redis.call('HSET', key, 'cancel', '1')
+  if ARGV[6] == RUNNING then
+    -- the process running it hears at once, not at its next lease round
+    redis.call('XADD', p .. 'sched', 'MAXLEN', '~', 256, '*', 'cancel', id)
+  end
+end
+leave(p, project, agent, id, ARGV[5], ARGV[6], ARGV[13])
+if ARGV[14] ~= '' then
+  for _, key in ipairs({p .. 'durations:' .. agent, p .. 'durations:' .. agent .. ':' .. project}) do
+    redis.call('LPUSH', key, ARGV[14])
+    redis.call('LTRIM', key, 0, 19)
+  end
+end
 if ARGV[11] ~= '' then redis.call('HSET', p .. 'results:' .. project, agent, ARGV[11]) end
 return {'ok', append(p, project, ARGV[7], ARGV[8], ARGV[9]), epoch}
 """
@@ -541,7 +557,7 @@ class RedisStore(Store):
             {user: float(at) for user, at in last_started.items()},
         )
 
-    async def start_queued(self, running: Job, caps: Caps) -> Event | None:
+    async def start_queued(self, running: Job, caps: Caps, expected: JobStatus = JobStatus.QUEUED) -> Event | None:
         reply = await self._script(
             "claim",
             running.project_id,
@@ -557,16 +573,18 @@ class RedisStore(Store):
             caps.per_user,
             running.after or "",
             json.dumps(RunningJob.of(running).to_record()),
+            expected.value,
         )
         if reply[0] == "stale":
-            raise StaleJob(running.job_id, JobStatus.QUEUED.value)
+            raise StaleJob(running.job_id, expected.value)
         if reply[0] == "held":
             return None
         self._adopt_epoch(reply[2])
         return Event(epoch=reply[2], seq=int(reply[1]), job=running)
 
-    async def wait_for_queue_change(self, timeout: float) -> None:
-        """One blocking read of the stream every process appends to when the queue changes."""
+    async def wait_for_queue_change(self, timeout: float) -> set[str]:
+        """One blocking read of the stream every process appends to when the queue changes, or a running
+        job's cancel is requested; returns those jobs' ids."""
         with anyio.move_on_after(timeout):
             if self._sched_id is None:
                 newest = await self._call(self.client.xrevrange, self._key("sched"), count=1)
@@ -582,11 +600,12 @@ class RedisStore(Store):
                 for _, entries in replies or ():
                     if entries:
                         self._sched_id = entries[-1][0]
-                        return
+                        return {fields["cancel"] for _, fields in entries if "cancel" in fields}
+        return set()
 
     async def update_job(self, job: Job, expected: JobStatus) -> Event:
-        if expected is JobStatus.QUEUED and job.status is JobStatus.RUNNING:
-            started = await self.start_queued(job, Caps())  # a start takes the lease and counts as running
+        if expected in (JobStatus.QUEUED, JobStatus.RETRYING) and job.status is JobStatus.RUNNING:
+            started = await self.start_queued(job, Caps(), expected)  # a start takes the lease, counts as running
             if started is None:
                 raise StaleJob(job.job_id, expected.value)
             return started
@@ -606,6 +625,8 @@ class RedisStore(Store):
             "1" if job.status.is_final else "0",
             result,
             "1" if job.cancel_requested else "0",
+            json.dumps(Queued.of(job).to_record()) if job.status in WAITING_STATES else "",
+            _duration(job),
         )
         if reply[0] == "stale":
             raise StaleJob(job.job_id, expected.value)
@@ -658,6 +679,10 @@ class RedisStore(Store):
             return active[-1]
         newest = await self._call(self.client.zrevrange, self._key("hist", project_id, agent), 0, 0)
         return await self.get_job(newest[0]) if newest else None
+
+    async def durations(self, agent: str, project_id: str | None, limit: int) -> list[float]:
+        key = self._key("durations", agent) if project_id is None else self._key("durations", agent, project_id)
+        return [float(value) for value in await self._call(self.client.lrange, key, 0, limit - 1)]
 
     async def list_jobs(self, project_id: str, agent: str | None, limit: int) -> list[Job]:
         key = self._key("hist", project_id) if agent is None else self._key("hist", project_id, agent)
@@ -769,12 +794,13 @@ def _plan(active: Sequence[Job], decision: Any, max_queued: int) -> str:
     """The start script's argument: what the process saw of the active jobs, and what it decided."""
     seen = [[job.job_id, job.status.value, "1" if job.cancel_requested else "0"] for job in active]
     seen += [["", "", "0"]] * (2 - len(seen))
+    was = {job.job_id: job.status.value for job in active}
     insert = decision.insert
     return json.dumps(
         {
             "seen": seen,
             "max_queued": max_queued,
-            "cancel": [_written(job) for job in decision.cancel],
+            "cancel": [{**_written(job), "from": was[job.job_id]} for job in decision.cancel],
             "stop": None if decision.stop is None else _written(decision.stop),
             "insert": {
                 **_written(insert),
@@ -784,6 +810,16 @@ def _plan(active: Sequence[Job], decision: Any, max_queued: int) -> str:
             },
         }
     )
+
+
+WAITING_STATES = (JobStatus.QUEUED, JobStatus.RETRYING)
+
+
+def _duration(job: Job) -> str:
+    """A completed job's last attempt, in seconds, for the agent's history (ETA); '' otherwise."""
+    if job.status is not JobStatus.COMPLETED or job.started_at is None or job.finished_at is None:
+        return ""
+    return repr(round(job.finished_at - job.started_at, 3))
 
 
 def _written(job: Job) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import anyio.to_thread
 from ..errors import ConfigError, QueueFull, StaleJob, StoreUnavailable
 from ..jobs import ACTIVE_STATES, Event, Job, JobStatus, LastResult, Progress, ProjectState
 from ..scheduling import IfActive, QueueState, decide_start
-from .base import ActiveJobs, Store
+from .base import ActiveJobs, Store, duration_of
 from .owner import OwnerLock
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_project ON jobs (project_id, agent, created_at);
+CREATE INDEX IF NOT EXISTS jobs_by_agent ON jobs (agent, status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status) WHERE status IN {_ACTIVE};
 DROP INDEX IF EXISTS one_active_job;
 CREATE INDEX IF NOT EXISTS active_jobs ON jobs (project_id, agent) WHERE status IN {_ACTIVE};
@@ -276,6 +277,14 @@ class SQLiteStore(Store):
             return await self._many(query, project_id, limit)
         query = "SELECT record FROM jobs WHERE project_id = ? AND agent = ? ORDER BY created_at DESC LIMIT ?"
         return await self._many(query, project_id, agent, limit)
+
+    async def durations(self, agent: str, project_id: str | None, limit: int) -> list[float]:
+        where = "agent = ? AND status = 'completed'" + ("" if project_id is None else " AND project_id = ?")
+        params = (agent,) if project_id is None else (agent, project_id)
+        jobs = await self._many(
+            f"SELECT record FROM jobs WHERE {where} ORDER BY created_at DESC LIMIT ?", *params, limit
+        )
+        return [value for value in map(duration_of, jobs) if value is not None]
 
     async def snapshot(self, project_id: str, agents: Sequence[str]) -> ProjectState:
         # One call on the store's single connection: no write can land between the reads.
