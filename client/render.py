@@ -9,7 +9,10 @@ before it is shown, so an agent's step message cannot drive the terminal.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import math
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -26,6 +29,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 _STYLES = {
     "queued": "yellow",
     "running": "cyan",
+    "retrying": "yellow",
     "completed": "green",
     "failed": "bold red",
     "cancelled": "magenta",
@@ -48,6 +52,9 @@ class Row:
     last_result: Record | None = None
     #: a queued job's place: ``{"position", "waiting_for", "detail"}``
     queue: Record | None = None
+    #: a running job's estimate, from its record or latest progress: seconds left, and past its usual time
+    eta_s: float | None = None
+    overdue: bool = False
 
     @property
     def status(self) -> str | None:
@@ -125,6 +132,8 @@ def _row_from_job(previous: Row | None, job: Record, now: float, places: Mapping
         seen_at=now,
         last_result=last_result,
         queue=queue,
+        eta_s=job.get("eta_s"),
+        overdue=bool(job.get("overdue")),
     )
 
 
@@ -138,6 +147,8 @@ def _with_progress(view: View, message: Message, now: float) -> View:
         message=message.get("message"),
         elapsed_s=message.get("elapsed_s"),
         seen_at=now,
+        eta_s=message.get("eta_s"),
+        overdue=bool(message.get("overdue")),
     )
     return _with_row(view, update)
 
@@ -214,7 +225,10 @@ def detail(row: Row, now: float) -> str:
     if status == "running":
         step = clean(row.message) if row.message else ""
         cancel = " (cancel requested)" if job.get("cancel_requested") else ""
-        return f"{format_percent(row.percent):>4}  {taken}  {step}".rstrip() + cancel
+        eta = eta_text(row.eta_s, row.overdue)
+        return f"{format_percent(row.percent):>4}  {taken}  {step}".rstrip() + cancel + (f"  ({eta})" if eta else "")
+    if status == "retrying":
+        return retry_text(job)
     if status == "completed":
         return f"{taken}  {headline(job.get('result'))}".rstrip()
     return f"{taken}  {error_text(job)}".rstrip()
@@ -245,6 +259,32 @@ def queue_text(queue: Record) -> str:
     else:
         reason = "a free thread"
     return f"Queued: {where}, waiting for {reason}"
+
+
+def eta_text(eta_s: float | None, overdue: bool) -> str:
+    """``about 40 s left``, ``about 3 min left``, or ``taking longer than usual``; empty without history.
+
+    The dashboard says the same (web/static/js/state.js)."""
+    if overdue:
+        return "taking longer than usual"
+    if eta_s is None:
+        return ""
+    if eta_s < 60:
+        return f"about {max(1, round(eta_s))} s left"
+    return f"about {round(eta_s / 60)} min left"
+
+
+def retry_text(job: Record, wall: float | None = None) -> str:
+    """``Retrying in 12 s (attempt 2 of 3): provider overloaded``, counted down on this machine's clock."""
+    retry_at = job.get("retry_at")
+    seconds = 0
+    if isinstance(retry_at, str):
+        moment = datetime.datetime.fromisoformat(retry_at.replace("Z", "+00:00")).timestamp()
+        seconds = max(0, math.ceil(moment - (time.time() if wall is None else wall)))
+    when = f"in {seconds} s" if seconds else "now"
+    error = (job.get("error") or {}).get("message")
+    reason = f": {clean(error)}" if error else ""
+    return f"Retrying {when} (attempt {job.get('attempt')} of {job.get('max_attempts')}){reason}"
 
 
 def row_line(row: Row, now: float) -> str:
@@ -310,8 +350,12 @@ def _status_detail(job: Record) -> str:
         return error_text(job) or "-"
     if job.get("status") == "queued" and job.get("queue"):
         return queue_text(job["queue"])
+    if job.get("status") == "retrying":
+        return retry_text(job)
     progress = job.get("progress") or {}
-    step = " ".join(filter(None, [format_percent(progress.get("percent")), clean(progress.get("message") or "")]))
+    eta = eta_text(job.get("eta_s"), bool(job.get("overdue"))) if job.get("status") == "running" else ""
+    parts = [format_percent(progress.get("percent")), clean(progress.get("message") or ""), f"({eta})" if eta else ""]
+    step = " ".join(filter(None, parts))
     return step if job else "-"
 
 
@@ -400,8 +444,11 @@ def _step(row: Row, now: float) -> str:
         return error_text(row.job)
     if status == "queued" and row.queue:
         return queue_text(row.queue)
+    if status == "retrying" and row.job:
+        return retry_text(row.job)
     cancel = " (cancel requested)" if (row.job or {}).get("cancel_requested") else ""
-    return clean(row.message or "") + cancel
+    eta = eta_text(row.eta_s, row.overdue) if status == "running" else ""
+    return " · ".join(filter(None, [clean(row.message or "") + cancel, eta]))
 
 
 def _step_style(row: Row) -> str:

@@ -250,7 +250,8 @@ class Engine:
 
     async def with_place(self, job: Job) -> dict[str, Any]:
         """A job's public record, with its place in the queue if it is queued."""
-        place = (await self.places()).get(job.job_id) if job.status is JobStatus.QUEUED else None
+        waiting = job.status in (JobStatus.QUEUED, JobStatus.RETRYING)
+        place = (await self.places()).get(job.job_id) if waiting else None
         return job.to_dict(queue=None if place is None else place.to_dict())
 
     # -- scheduling -------------------------------------------------------------------

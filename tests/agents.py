@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
-from jobcast.agents import Cancelled, Context
+from jobcast.agents import Cancelled, Context, Retry, Transient
 
 
 class GatedAgent:
@@ -176,3 +176,100 @@ class LimitedGatedAgent(GatedAgent):
 
     name = "gated_limited"
     max_running = 1
+
+
+class FlakyAgent:
+    """Fails twice in a way worth retrying (the provider asks for 0.5 s the first time), then succeeds."""
+
+    name = "flaky"
+    retry = Retry(attempts=3, backoff=0.2, max_backoff=0.3)
+    calls: ClassVar[dict[str, int]] = {}
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        calls = type(self).calls[project_id] = type(self).calls.get(project_id, 0) + 1
+        if calls == 1:
+            raise Transient("provider overloaded", retry_after=0.5)
+        if calls == 2:
+            raise Transient("connection dropped")
+        return {"attempts": calls}
+
+
+class OverloadedAgent:
+    """Always overloaded; the provider asks to come back in ``retry_after`` (class attribute) seconds."""
+
+    name = "overloaded"
+    retry = Retry(attempts=2, backoff=0.05)
+    retry_after: ClassVar[float | None] = None
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        raise Transient("provider overloaded", retry_after=type(self).retry_after)
+
+
+class PermanentAgent:
+    """Has a retry policy, but fails in a way no retry fixes."""
+
+    name = "permanent"
+    retry = Retry(attempts=3, backoff=0.05)
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        raise ValueError("invalid API key")
+
+
+class HangingAgent:
+    """Runs past its 0.3 s timeout every time; retried on timeout, once."""
+
+    name = "hanging"
+    timeout = 0.3
+    retry = Retry(attempts=2, backoff=0.05, on_timeout=True)
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        if ctx.sleep(30):
+            raise Cancelled
+        return {}
+
+
+class HangingOnceAgent(HangingAgent):
+    """The same, with timeouts not retried."""
+
+    name = "hanging_once"
+    retry = Retry(attempts=2, backoff=0.05, on_timeout=False)
+
+
+class DeafAgent:
+    """Registers ``ctx.on_cancel`` (it records when it ran), then ignores the cancel until the gate opens."""
+
+    name = "deaf"
+    gate: ClassVar[threading.Event] = threading.Event()
+    heard: ClassVar[threading.Event] = threading.Event()
+    started: ClassVar[threading.Event] = threading.Event()
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        ctx.on_cancel(type(self).heard.set)
+        type(self).started.set()
+        type(self).gate.wait(30)
+        return {"late": True}
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.gate, cls.heard, cls.started = threading.Event(), threading.Event(), threading.Event()
+
+
+class IdempotentFileGatedAgent(FileGatedAgent):
+    """A FileGatedAgent that is safe to run again: its job survives its process."""
+
+    name = "filegated_idem"
+    idempotent = True
+
+
+class TimedAgent:
+    """Takes ``seconds`` (class attribute), reporting its percent ten times on the way."""
+
+    name = "timed"
+    seconds: ClassVar[float] = 0.3
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        for step in range(10):
+            ctx.report(percent=step * 10)
+            if ctx.sleep(type(self).seconds / 10):
+                raise Cancelled
+        return {"took": type(self).seconds}

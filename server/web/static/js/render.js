@@ -51,7 +51,7 @@ export function updateCard(card, state, name, nowMs, link) {
   card.dataset.state = view.status;
   card.dataset.offline = String(view.offline);
   part("badge").textContent = view.status.replace("_", " ");
-  part("elapsed").textContent = view.elapsedText;
+  part("elapsed").textContent = [view.elapsedText, view.etaText].filter(Boolean).join(" · ");
   for (const [role, enabled] of [["refresh", view.canRefresh], ["cancel", view.canCancel]]) {
     part(role).disabled = !enabled;
     if (view.disabledReason) part(role).title = view.disabledReason;
@@ -60,7 +60,7 @@ export function updateCard(card, state, name, nowMs, link) {
   part("cancel").hidden = !view.active;
   updateProgress(part("progress"), view);
   const error = part("error");
-  error.hidden = !view.error || view.status === "completed";
+  error.hidden = !view.error || view.status === "completed" || view.status === "retrying"; // retrying says it itself
   error.textContent = view.error ? `${view.error.code}: ${view.error.message}` : "";
   updateResult(part("result"), name, view);
   part("updated").textContent = view.resultAt ? `Last updated ${new Date(view.resultAt).toLocaleString()}` : "No result yet";

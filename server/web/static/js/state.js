@@ -2,7 +2,7 @@
 // No DOM and no I/O here, so the rules can be tested on their own.
 
 export const FINAL = new Set(["completed", "failed", "cancelled", "timed_out"]);
-export const ACTIVE = new Set(["queued", "running"]);
+export const ACTIVE = new Set(["queued", "running", "retrying"]);
 
 export function initialState(projectId) {
   return {
@@ -88,7 +88,10 @@ function applyProgress(state, message, receivedAtMs) {
   if (!job || job.job_id !== message.job_id || job.status !== "running") {
     return { state, effects: [] }; // about a job we do not know as running: ignore
   }
-  const entry = { percent: message.percent, message: message.message, elapsed_s: message.elapsed_s, at: receivedAtMs };
+  const entry = {
+    percent: message.percent, message: message.message, elapsed_s: message.elapsed_s, at: receivedAtMs,
+    eta_s: message.eta_s ?? null, overdue: Boolean(message.overdue),
+  };
   return { state: { ...state, progress: { ...state.progress, [message.job_id]: entry } }, effects: [] };
 }
 
@@ -165,7 +168,12 @@ export function cardView(state, name, nowMs = Date.now(), link = ONLINE) {
       ? lastSeenText(status, nowMs - (link.offlineSinceMs ?? nowMs))
       : elapsedText(job, nowMs, state.clockOffsetMs),
     percent: progress?.percent ?? job?.progress?.percent ?? null,
-    message: place ? queueText(place) : (progress?.message ?? job?.progress?.message ?? (status === "queued" ? "waiting for a worker" : null)),
+    message: status === "retrying"
+      ? retryText(job, nowMs + state.clockOffsetMs)
+      : place ? queueText(place) : (progress?.message ?? job?.progress?.message ?? (status === "queued" ? "waiting for a worker" : null)),
+    etaText: status === "running" && !offline
+      ? etaText(progress ? progress.eta_s : job.eta_s ?? null, progress ? progress.overdue : Boolean(job.overdue))
+      : "",
     error: job?.error ?? null,
     result: entry.last_result,
     resultAt: entry.last_result_at,
@@ -179,9 +187,28 @@ export function elapsedSeconds(job, nowMs, clockOffsetMs) {
   return Math.max(0, (end - start) / 1000);
 }
 
+// "about 40 s left", "about 3 min left", or "taking longer than usual"; empty without history.
+// The CLI says the same (client/render.py eta_text).
+export function etaText(etaSeconds, overdue) {
+  if (overdue) return "taking longer than usual";
+  if (etaSeconds === null || etaSeconds === undefined) return "";
+  if (etaSeconds < 60) return `about ${Math.max(1, Math.round(etaSeconds))} s left`;
+  return `about ${Math.round(etaSeconds / 60)} min left`;
+}
+
+// "Retrying in 12 s (attempt 2 of 3): provider overloaded", counted down on the server's clock.
+export function retryText(job, serverNowMs) {
+  const at = job.retry_at ? Date.parse(job.retry_at) : NaN;
+  const seconds = Number.isNaN(at) ? 0 : Math.max(0, Math.ceil((at - serverNowMs) / 1000));
+  const when = seconds ? `in ${seconds} s` : "now";
+  const reason = job.error && job.error.message ? `: ${job.error.message}` : "";
+  return `Retrying ${when} (attempt ${job.attempt} of ${job.max_attempts})${reason}`;
+}
+
 export function elapsedText(job, nowMs, clockOffsetMs) {
   if (!job) return "";
   if (job.status === "queued") return "Queued…";
+  if (job.status === "retrying") return "Retrying…";
   const seconds = elapsedSeconds(job, nowMs, clockOffsetMs);
   if (seconds === null) return "";
   const shown = formatDuration(seconds);
