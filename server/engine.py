@@ -263,6 +263,7 @@ class Engine:
         a shared store is also looked at every second, in case a wake-up was lost.
         """
         self._task_group.start_soon(self._watch_queue, name="queue watch")
+        self._wake.set()  # jobs already queued (before a restart, or by other processes) start now
         failing = False
         while not self._stopping.is_set():
             with anyio.move_on_after(self._next_look()):
@@ -301,7 +302,8 @@ class Engine:
                 cancelled = set()
             for job_id in cancelled:
                 run = self._runs.get(job_id)
-                if run is not None:
+                if run is not None and not run.stopping.is_set():
+                    logger.info("job %s: its cancel was asked through another process; stopping it", job_id)
                     run.stop()
             self._wake.set()
 
@@ -327,18 +329,22 @@ class Engine:
     # -- lifecycle -----------------------------------------------------------------
 
     async def recover(self, reason: str) -> int:
-        """Fail every job left queued or running by a process that is gone.
+        """End every job left running by a process that is gone: ``interrupted``, or requeued as its next
+        attempt when its agent is idempotent and attempts remain. Queued jobs wait on, for any thread.
 
-        With a shared store that means jobs whose lease expired; with an embedded one,
-        every active job this process does not run.
+        With a shared store that means running jobs whose lease expired; with an embedded one,
+        every running job this process does not run.
         """
-        count = 0
+        ended: list[JobStatus] = []
         for job in await self.store.orphaned_jobs():
-            if job.job_id not in self._owned and await self._interrupt(job, reason):
-                count += 1
-        if count:
-            logger.warning("marked %d interrupted job(s) as failed: %s", count, reason)
-        return count
+            if job.job_id not in self._owned and (status := await self._interrupt(job, reason)) is not None:
+                ended.append(status)
+        failed = ended.count(JobStatus.FAILED)
+        if failed:
+            logger.warning("marked %d interrupted job(s) as failed: %s", failed, reason)
+        if len(ended) > failed:
+            self._wake.set()
+        return len(ended)
 
     async def keep_leases(self) -> None:
         """For a shared store: renew this process's leases and end other processes' orphans.
@@ -396,9 +402,9 @@ class Engine:
             return "another process ends this process's jobs as interrupted once their leases expire"
         return "this process's unfinished jobs are marked interrupted when jobcast next starts"
 
-    async def _interrupt(self, job: Job, reason: str) -> bool:
+    async def _interrupt(self, job: Job, reason: str) -> JobStatus | None:
         """End a job its process lost as ``interrupted``, or requeue it as its next attempt if its agent
-        is idempotent and it has attempts left."""
+        is idempotent and it has attempts left. Returns the status it wrote (None: someone else ended it)."""
         error = JobError(code="interrupted", message=reason)
         agent = self.agents.get(job.agent)
         if job.status is JobStatus.RUNNING and agent is not None and is_idempotent(agent) and job.attempts_left > 0:
@@ -410,8 +416,8 @@ class Engine:
         try:
             await self.store.update_job(ended, job.status)
         except StaleJob:
-            return False
-        return True
+            return None
+        return ended.status
 
     # -- running a job ---------------------------------------------------------------
 

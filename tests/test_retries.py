@@ -10,10 +10,12 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
+import httpx
 import pytest
 
 from jobcast.agents import Agent
@@ -29,7 +31,9 @@ from tests.agents import (
 )
 from tests.conftest import Running
 from tests.live import live_server
-from tests.support import WAIT, eventually_async, status_is
+from tests.redis_server import RedisServer
+from tests.servers import JobcastServer, jobcast_server
+from tests.support import WAIT, eventually, eventually_async, status_is
 
 pytestmark = pytest.mark.anyio
 
@@ -199,3 +203,78 @@ async def _progress_until_final(ws: Any, job_id: str) -> list[dict[str, Any]]:
                 progress.append(message)
             if message["type"] == "job" and message["job"]["status"] == "completed":
                 return progress
+
+
+# -- an idempotent job survives its process ------------------------------------------------------------
+
+
+def _gated_args(store: str) -> list[str]:
+    return [
+        "--store", store, "--lease-seconds", "1", "--agent", "tests.agents:IdempotentFileGatedAgent",
+        "--agent", "tests.agents:FileGatedAgent",
+    ]  # fmt: skip
+
+
+def _wait_status(server: JobcastServer, job_id: str, *wanted: str) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        job: dict[str, Any] = httpx.get(f"{server.url}/api/jobs/{job_id}").json()
+        return job if job["status"] in wanted else None
+
+    return eventually(check, what=f"job {job_id} {' or '.join(wanted)}")
+
+
+def test_an_idempotent_job_runs_again_after_a_restart_on_sqlite_and_another_ends_interrupted(tmp_path: Path) -> None:
+    args = _gated_args(f"sqlite:///{tmp_path / 'jobs.db'}")
+    env = {"JOBCAST_TEST_GATES": str(tmp_path)}
+    with jobcast_server(args, tmp_path / "first.log", env) as server:
+        again = httpx.post(f"{server.url}/api/projects/idem/agents/filegated_idem/refresh").json()["job"]
+        once = httpx.post(f"{server.url}/api/projects/once/agents/filegated/refresh").json()["job"]
+        for job in (again, once):
+            _wait_status(server, job["job_id"], "running")
+        server.kill()
+    (tmp_path / "idem").touch()
+    with jobcast_server(args, tmp_path / "second.log", env) as server:
+        done = _wait_status(server, again["job_id"], "completed", "failed")
+        lost = _wait_status(server, once["job_id"], "failed")
+    assert done["status"] == "completed" and done["attempt"] == 2
+    assert [entry["status"] for entry in done["attempts"]] == ["queued", "completed"]
+    assert done["attempts"][0]["error"]["code"] == "interrupted"
+    assert lost["error"]["code"] == "interrupted" and lost["attempt"] == 1
+
+
+def test_an_idempotent_job_is_finished_by_another_process_after_kill_9_on_redis(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    args = _gated_args(redis_server.url())
+    env = {"JOBCAST_TEST_GATES": str(tmp_path)}
+    with jobcast_server(args, tmp_path / "a.log", env) as a, jobcast_server(args, tmp_path / "b.log", env) as b:
+        job = httpx.post(f"{a.url}/api/projects/survive/agents/filegated_idem/refresh").json()["job"]
+        running = _wait_status(a, job["job_id"], "running")
+        victim, survivor = (a, b) if running["runner"]["pid"] == a.process.pid else (b, a)
+        victim.kill()
+        (tmp_path / "survive").touch()
+        done = _wait_status(survivor, job["job_id"], "completed", "failed")
+    assert done["status"] == "completed" and done["runner"]["pid"] == survivor.process.pid
+    assert done["attempts"][0]["error"]["code"] == "interrupted" and done["attempt"] == 2
+
+
+def test_a_cancel_through_another_process_reaches_on_cancel_at_once(redis_server: RedisServer, tmp_path: Path) -> None:
+    """The process running the job hears of a cancel asked elsewhere from Redis at once, not at a lease round.
+
+    The lease here is 60 s (a lease round every second), so only the push can make the agent stop in time."""
+    env = {"JOBCAST_TEST_GATES": str(tmp_path)}
+    args = ["--store", redis_server.url(), "--lease-seconds", "60", "--agent", "tests.agents:FileGatedAgent"]
+    with (
+        jobcast_server([*args, "--threads", "1"], tmp_path / "a.log", env) as runner,
+        jobcast_server([*args, "--threads", "0"], tmp_path / "b.log", env) as other,
+    ):
+        job = httpx.post(f"{other.url}/api/projects/far/agents/filegated/refresh").json()["job"]
+        _wait_status(runner, job["job_id"], "running")
+        asked = time.monotonic()
+        assert httpx.post(f"{other.url}/api/projects/far/agents/filegated/cancel").status_code == 202
+        done = _wait_status(other, job["job_id"], "cancelled")
+        took = time.monotonic() - asked
+        heard = runner.log
+    assert done["cancel_requested"] and done["error"]["message"] == "cancelled on request"
+    assert f"job {job['job_id']}: its cancel was asked through another process" in heard  # pushed, not polled
+    print(f"cancelled through another process in {took * 1000:.0f} ms")
