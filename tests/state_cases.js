@@ -1,7 +1,7 @@
 // Cases for the dashboard's pure logic, evaluated in the page by test_dashboard.py, which reports
 // each check("name", ...) as its own test. Returns every check's {name, ok, detail}.
 (async () => {
-  const { apply, cardView, cursor, initialState, elapsedText, OFFLINE_REASON, queueText } = await import("/static/js/state.js");
+  const { apply, cardView, cursor, initialState, elapsedText, OFFLINE_REASON, queueText, etaText, retryText } = await import("/static/js/state.js");
   const { backoffMs, pollMessages } = await import("/static/js/transport.js");
   const results = [];
   const check = (name, ok, detail = "") => { results.push({ name, ok: Boolean(ok), detail: String(detail) }); };
@@ -91,5 +91,16 @@
   r = apply(r, event(2, job("new", "queued", { created_at: "2026-01-01T00:00:05.000Z" }))).state;
   r = apply(r, event(3, job("old", "cancelled"))).state;
   check("an older job ending leaves the newer one on the card", r.agents.a.job.job_id === "new" && cursor(r).after === 3);
+
+  // Retries and the ETA, in the CLI's words.
+  const retrying = job("r1", "retrying", { attempt: 2, max_attempts: 3, retry_at: "2026-01-01T00:00:22.000Z", error: { code: "transient_error", message: "provider overloaded" } });
+  check("a retry counts down on the server's clock", retryText(retrying, Date.parse("2026-01-01T00:00:10.000Z")) === "Retrying in 12 s (attempt 2 of 3): provider overloaded");
+  let e = apply(initialState("p"), snapshot(1, { a: { job: retrying, last_result: null, last_result_at: null } }), Date.parse("2026-01-01T00:00:10.000Z")).state;
+  check("a retrying card shows the retry and can be cancelled", cardView(e, "a", Date.parse("2026-01-01T00:00:10.000Z")).message.startsWith("Retrying in ") && cardView(e, "a").canCancel && !cardView(e, "a").canRefresh);
+  check("eta reads as seconds or minutes left", etaText(40.2, false) === "about 40 s left" && etaText(200, false) === "about 3 min left");
+  check("no history, no eta; overdue says so", etaText(null, false) === "" && etaText(5, true) === "taking longer than usual");
+  e = apply(e, event(2, job("r1", "running"))).state;
+  e = apply(e, { type: "progress", project_id: "p", agent: "a", job_id: "r1", elapsed_s: 2, percent: 40, message: "x", seq: 2, eta_s: 12, overdue: false }).state;
+  check("a running card shows its eta from progress", cardView(e, "a").etaText === "about 12 s left");
   return results;
 })()

@@ -454,3 +454,40 @@ def test_watch_shows_a_queued_jobs_place_as_it_arrives(limited: JobcastServer) -
 def test_a_bad_priority_or_if_active_is_a_usage_error(args: list[str], says: str) -> None:
     result = jobcast("refresh", "p", "--agent", "quick", *args, "--url", "http://127.0.0.1:9")
     assert result.returncode == 2 and says in result.stderr
+
+
+# -- retries: the CLI follows one job through its attempts ---------------------------------------
+
+
+def test_refresh_follows_a_job_through_its_retries_and_a_final_failure_exits_1(tmp_path: Path) -> None:
+    args = ["--store", "memory://", "--agent", "tests.agents:OverloadedAgent", "--agent", "tests.agents:FlakyAgent"]
+    with jobcast_server(args, tmp_path / "server.log") as server:
+        failed = jobcast("refresh", "r", "--agent", "overloaded", "--url", server.url)
+        flaky = jobcast("refresh", "r", "--agent", "flaky", "--json", "--url", server.url)
+        status = jobcast("status", "r", "--url", server.url)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    retrying = [line for line in failed.stdout.splitlines() if line.split()[1:2] == ["retrying"]]
+    assert retrying and "(attempt 2 of 2): provider overloaded" in retrying[0], failed.stdout
+    assert failed.stdout.splitlines()[-1].split()[:2] == ["overloaded", "failed"]
+    assert flaky.returncode == 0
+    states = [r["job"]["status"] for r in records(flaky.stdout) if r["type"] == "job"]
+    assert states == ["queued", "running", "retrying", "running", "retrying", "running", "completed"]
+    overloaded = next(row for row in status.stdout.splitlines() if row.startswith("overloaded"))
+    assert "transient_error: provider overloaded" in overloaded
+
+
+def test_the_status_and_live_lines_say_how_long_is_left_and_when_a_retry_comes() -> None:
+    from jobcast.client.render import Row, detail, eta_text, retry_text, status_rows
+
+    assert eta_text(40.2, False) == "about 40 s left" and eta_text(200, False) == "about 3 min left"
+    assert eta_text(None, False) == "" and eta_text(5, True) == "taking longer than usual"
+    error = {"code": "transient_error", "message": "provider overloaded"}
+    job = {"job_id": "j" * 32, "status": "retrying", "attempt": 2, "max_attempts": 3,
+           "retry_at": "2026-01-01T00:00:12.000Z", "error": error}  # fmt: skip
+    wall = 1767225600.0  # 2026-01-01T00:00:00Z
+    assert retry_text(job, wall) == "Retrying in 12 s (attempt 2 of 3): provider overloaded"
+    running = {"job_id": "k" * 32, "status": "running", "elapsed_s": 3.0, "progress": {"percent": 30, "message": "x"},
+               "eta_s": 7.0, "overdue": False}  # fmt: skip
+    assert detail(Row("financial", job=running, percent=30, message="x", eta_s=7.0), 0.0).endswith("(about 7 s left)")
+    (row,) = status_rows({"agents": {"financial": {"job": running, "last_result": None}}})
+    assert row[4] == "30% x (about 7 s left)"

@@ -302,3 +302,45 @@ async def test_a_queued_card_says_where_it_stands_and_what_it_waits_for() -> Non
         )
         GatedAgent.gate.set()
         await expect(sleepy).to_have_attribute("data-state", "completed", timeout=TIMEOUT_MS)
+
+
+async def test_a_card_says_when_a_job_retries_and_how_long_a_run_has_left() -> None:
+    """ "Retrying in N s (attempt 2 of 2): provider overloaded" while it waits; "about N s left" once the agent has a
+    history."""
+    from tests.agents import OverloadedAgent, TimedAgent
+
+    OverloadedAgent.retry_after = 30
+    TimedAgent.seconds = 1.0
+    agents = ["tests.agents:OverloadedAgent", "tests.agents:TimedAgent"]
+    try:
+        async with live_server(agents=agents, progress_interval=0.1) as live, chromium() as browser:
+            for _ in range(3):  # a history for the estimate
+                TimedAgent.seconds = 0.2
+                job = await live.start("acme", "timed")
+                await live.wait_until(lambda job=job: _completed(live, job["job_id"]))
+            page = await browser.new_page()
+            await open_project(page, live, "acme")
+            overloaded = card(page, "overloaded")
+            await overloaded.locator("[data-role=refresh]").click()
+            await expect(overloaded).to_have_attribute("data-state", "retrying", timeout=TIMEOUT_MS)
+            await expect(overloaded.locator("[data-role=step]")).to_have_text(
+                re.compile(r"Retrying in (29|30) s \(attempt 2 of 2\): provider overloaded"), timeout=TIMEOUT_MS
+            )
+            await expect(overloaded.locator("[data-role=cancel]")).to_be_enabled()
+            TimedAgent.seconds = 20.0
+            timed = card(page, "timed")
+            await timed.locator("[data-role=refresh]").click()
+            await expect(timed.locator("[data-role=elapsed]")).to_have_text(
+                re.compile(r"Running… \d+s · (taking longer than usual|about \d+ s left)"), timeout=TIMEOUT_MS
+            )
+            await expect(timed.locator("[data-role=elapsed]")).to_contain_text(
+                "taking longer than usual", timeout=TIMEOUT_MS
+            )
+            await timed.locator("[data-role=cancel]").click()
+    finally:
+        OverloadedAgent.retry_after = None
+        TimedAgent.seconds = 0.3
+
+
+async def _completed(live: Live, job_id: str) -> bool:
+    return bool((await live.http.get(f"/api/jobs/{job_id}")).json()["status"] == "completed")
