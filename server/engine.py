@@ -385,17 +385,21 @@ class Engine:
                 await self._run_ended.wait()
 
     async def shutdown(self) -> None:
-        """Stop taking work: tell running agents to stop and fail what cannot finish now."""
+        """Stop taking work: end (or requeue) what cannot finish now, then tell the running agents to stop.
+
+        The store is written first, so an agent that stops at once cannot make its job ``cancelled``.
+        """
         self._stopping.set()
-        for run in self._runs.values():
-            run.ctx.cancel()
         try:
             for job_id in sorted(self._owned):
                 job = await self.store.get_job(job_id)
-                if job is not None and job.status.is_active:
+                if job is not None and job.status is JobStatus.RUNNING:
                     await self._interrupt(job, "the server shut down before the job finished")
         except StoreUnavailable:
             logger.warning("the store is unavailable at shutdown; %s", self._who_ends_unsaved_jobs())
+        finally:
+            for run in self._runs.values():
+                run.ctx.cancel()
 
     def _who_ends_unsaved_jobs(self) -> str:
         if self.store.shared:
@@ -407,7 +411,11 @@ class Engine:
         is idempotent and it has attempts left. Returns the status it wrote (None: someone else ended it)."""
         error = JobError(code="interrupted", message=reason)
         agent = self.agents.get(job.agent)
-        if job.status is JobStatus.RUNNING and agent is not None and is_idempotent(agent) and job.attempts_left > 0:
+        if job.status is JobStatus.RUNNING and job.cancel_requested:
+            # Its cancel was asked for: never bring it back; it stopped, one way or the other.
+            stopped = JobError(code="cancelled", message=f"cancelled on request; then {reason}")
+            ended = job.transition(JobStatus.CANCELLED, error=stopped)
+        elif job.status is JobStatus.RUNNING and agent is not None and is_idempotent(agent) and job.attempts_left > 0:
             ended = job.transition(JobStatus.QUEUED, error=error)
             logger.warning("job %s of %s/%s requeued as attempt %d: %s", job.job_id, job.project_id, job.agent,
                            ended.attempt, reason)  # fmt: skip

@@ -32,7 +32,7 @@ from tests.agents import (
 from tests.conftest import Running
 from tests.live import live_server
 from tests.redis_server import RedisServer
-from tests.servers import JobcastServer, jobcast_server
+from tests.servers import JobcastServer, jobcast_server, jobcast_worker
 from tests.support import WAIT, eventually, eventually_async, status_is
 
 pytestmark = pytest.mark.anyio
@@ -278,3 +278,21 @@ def test_a_cancel_through_another_process_reaches_on_cancel_at_once(redis_server
     assert done["cancel_requested"] and done["error"]["message"] == "cancelled on request"
     assert f"job {job['job_id']}: its cancel was asked through another process" in heard  # pushed, not polled
     print(f"cancelled through another process in {took * 1000:.0f} ms")
+
+
+def test_an_idempotent_job_still_running_past_the_shutdown_grace_is_requeued_for_the_next_worker(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    env = {"JOBCAST_TEST_GATES": str(tmp_path)}
+    args = _gated_args(redis_server.url())
+    with jobcast_server([*args, "--threads", "0"], tmp_path / "serve.log", env) as server:
+        with jobcast_worker([*args, "--shutdown-grace", "0.3"], tmp_path / "first.log", env) as first:
+            job = httpx.post(f"{server.url}/api/projects/drain/agents/filegated_idem/refresh").json()["job"]
+            _wait_status(server, job["job_id"], "running")
+            assert first.stop() == 0
+        requeued = _wait_status(server, job["job_id"], "queued")
+        assert requeued["attempt"] == 2 and requeued["attempts"][0]["error"]["code"] == "interrupted"
+        (tmp_path / "drain").touch()
+        with jobcast_worker(args, tmp_path / "second.log", env) as second:
+            done = _wait_status(server, job["job_id"], "completed")
+    assert done["runner"]["pid"] == second.process.pid
