@@ -157,7 +157,11 @@ async def test_progress_ticks_and_reports_reach_subscribers() -> None:
         assert len(progress) >= 2  # the report, then ticks with no report
         assert all(m["seq"] == running["seq"] and m["job_id"] == running["job"]["job_id"] for m in progress)
         assert progress[0]["percent"] == 50 and progress[0]["message"] == "waiting at the gate"
-        assert set(progress[0]) == {"type", "project_id", "agent", "job_id", "elapsed_s", "percent", "message", "seq"}
+        assert set(progress[0]) == {
+            "type", "project_id", "agent", "job_id", "elapsed_s", "percent", "message", "seq",
+            "expected_s", "eta_s", "overdue",
+        }  # fmt: skip
+        assert (progress[0]["expected_s"], progress[0]["eta_s"], progress[0]["overdue"]) == (None, None, False)
         GatedAgent.gate.set()
         await receive_until(ws, is_final)
 
