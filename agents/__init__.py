@@ -78,6 +78,10 @@ class Context(Protocol):
     def sleep(self, seconds: float) -> bool:
         """Wait up to ``seconds``; return early, with True, once the job is cancelled."""
 
+    def stream(self, text: str) -> None:
+        """Append ``text`` to the job's output, which every watcher sees as it comes. Cheap: call it
+        for every token; jobcast sends what arrives within about 50 ms as one message."""
+
     def on_cancel(self, callback: Callable[[], object]) -> None:
         """Call ``callback`` (once, from any thread) the moment the job is cancelled or times out,
         for instance to close an in-flight HTTP stream to the provider; at once if it already is."""
@@ -90,4 +94,13 @@ class Agent(Protocol):
     def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]: ...
 
 
-__all__ = ["Agent", "Cancelled", "Context", "Retry", "Transient"]
+def __getattr__(name: str) -> Any:
+    """``ChatAgent`` is imported on first use (``from jobcast.agents import ChatAgent``), not with the contract."""
+    if name == "ChatAgent":
+        from .chat import ChatAgent
+
+        return ChatAgent
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["Agent", "Cancelled", "ChatAgent", "Context", "Retry", "Transient"]

@@ -22,14 +22,22 @@ def project_random(project_id: str, salt: str) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def run_steps(ctx: Context, steps: Sequence[str]) -> None:
-    """Spend ``ctx.demo_seconds`` across ``steps``, reporting each, checking cancel between."""
+def run_steps(ctx: Context, steps: Sequence[str], narrative: str = "") -> None:
+    """Spend ``ctx.demo_seconds`` across ``steps``, reporting each, checking cancel between, and stream
+    ``narrative`` word by word along the way, as a model would."""
     pause = ctx.demo_seconds / len(steps)
+    words = narrative.split(" ") if narrative else []
+    per_step = -(-len(words) // len(steps)) if words else 0
     for index, step in enumerate(steps):
         if ctx.cancelled:
             raise Cancelled
         ctx.report(percent=round(100 * index / len(steps), 1), message=step)
-        if ctx.sleep(pause):
+        chunk = words[index * per_step : (index + 1) * per_step]
+        for word in chunk:
+            ctx.stream(word + " ")
+            if ctx.sleep(pause / (len(chunk) + 1)):
+                raise Cancelled
+        if ctx.sleep(pause / (len(chunk) + 1)):
             raise Cancelled
     ctx.report(percent=100.0, message="done")
 
@@ -39,8 +47,9 @@ class FinancialAgent:
     steps = ("collecting ledgers", "asking the model", "checking the figures", "summarising")
 
     def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
-        run_steps(ctx, self.steps)
-        return financial_figures(project_id)
+        figures = financial_figures(project_id)
+        run_steps(ctx, self.steps, f"Reading the ledgers of {project_id}. {figures['summary']}")
+        return figures
 
 
 class PerformanceAgent:
@@ -48,8 +57,9 @@ class PerformanceAgent:
     steps = ("gathering metrics", "asking the model", "comparing with targets", "summarising")
 
     def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
-        run_steps(ctx, self.steps)
-        return performance_figures(project_id)
+        figures = performance_figures(project_id)
+        run_steps(ctx, self.steps, f"Comparing {project_id} with its targets. {figures['summary']}")
+        return figures
 
 
 def financial_figures(project_id: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from .backoff import Reconnect
 from .cursor import FINAL_STATES, Cursor
 from .errors import ClientError, InvalidURL, ProtocolError, ServerRefused, ServerUnreachable
 from .http import JobcastClient, StartedJob
+from .output import Outputs
 from .subscribe import Subscription, Transport, subscribe
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Cursor",
     "InvalidURL",
     "JobcastClient",
+    "Outputs",
     "ProtocolError",
     "Reconnect",
     "ServerRefused",

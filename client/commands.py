@@ -266,7 +266,7 @@ async def _on_message(
     elif kind == "snapshot":
         screen.show(message, print_lines=False)
         await _recheck(client, jobs, message)
-    elif kind in ("job", "progress", "queue") and _job_id(message) in jobs.pending:
+    elif kind in ("job", "progress", "queue", "output") and _job_id(message) in jobs.pending:
         screen.out.record(message)
         screen.show(message, print_lines=not _is_queued(message))  # the "started" line said so already
         if kind == "job" and message["job"]["status"] in FINAL_STATES:

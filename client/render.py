@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .cursor import FINAL_STATES, Message
+from .output import appended
 
 Record = dict[str, Any]
 
@@ -55,6 +56,9 @@ class Row:
     #: a running job's estimate, from its record or latest progress: seconds left, and past its usual time
     eta_s: float | None = None
     overdue: bool = False
+    #: what the row's job streamed: so far while it runs, all of it once it ended; and its attempt
+    output: str = ""
+    output_attempt: int = 0
 
     @property
     def status(self) -> str | None:
@@ -97,7 +101,17 @@ def apply(view: View, message: Message, now: float) -> View:
         return _with_progress(view, message, now)
     if kind == "queue":
         return _with_place(view, message)
+    if kind == "output":
+        return _with_output(view, message)
     return view
+
+
+def _with_output(view: View, message: Message) -> View:
+    row = view.rows.get(message["agent"])
+    if row is None or row.job is None or row.job["job_id"] != message["job_id"]:
+        return view
+    attempt, text = appended((row.output_attempt, row.output) if row.output_attempt else None, message)
+    return _with_row(view, dataclasses.replace(row, output=text, output_attempt=attempt))
 
 
 def _older(job: Record, row: Row | None) -> bool:
@@ -123,6 +137,10 @@ def _row_from_job(previous: Row | None, job: Record, now: float, places: Mapping
     progress = job.get("progress") or {}
     last_result = job.get("result") if job["status"] == "completed" else previous.last_result if previous else None
     queue = (job.get("queue") or (places or {}).get(str(job["job_id"]))) if job["status"] == "queued" else None
+    same = previous is not None and previous.job is not None and previous.job["job_id"] == job["job_id"]
+    output, output_attempt = (job.get("output") or "", int(job.get("attempt") or 1))
+    if not output and same and previous is not None and job["status"] in ("running", "queued", "retrying"):
+        output, output_attempt = previous.output, previous.output_attempt
     return Row(
         agent=str(job["agent"]),
         job=job,
@@ -134,6 +152,8 @@ def _row_from_job(previous: Row | None, job: Record, now: float, places: Mapping
         queue=queue,
         eta_s=job.get("eta_s"),
         overdue=bool(job.get("overdue")),
+        output=output,
+        output_attempt=output_attempt if output else 0,
     )
 
 
@@ -297,14 +317,37 @@ def event_lines(before: View, message: Message, after: View, now: float) -> list
     kind = message.get("type")
     if kind == "snapshot":
         return [row_line(row, now) for row in after.visible()]
-    if kind not in ("job", "progress", "queue") or not after.shows(message["agent"]):
+    if kind not in ("job", "progress", "queue", "output") or not after.shows(message["agent"]):
         return []
-    row = after.rows.get(message["agent"])
-    if row is None or row == before.rows.get(message["agent"]):
+    agent = message["agent"]
+    finished = kind == "job" and str(message["job"]["status"]) in FINAL_STATES
+    text = _output_lines(before.rows.get(agent), after.rows.get(agent), finished)
+    if kind == "output":
+        return text
+    row = after.rows.get(agent)
+    if row is None or row == before.rows.get(agent):
+        return text
+    if kind == "progress" and _same_step(before.rows.get(agent), row):
         return []
-    if kind == "progress" and _same_step(before.rows.get(message["agent"]), row):
+    return [*text, row_line(row, now)]
+
+
+def _same_attempt(before: Row, after: Row) -> bool:
+    if before.job is None or after.job is None:
+        return False
+    return bool(before.job["job_id"] == after.job["job_id"] and before.output_attempt == after.output_attempt)
+
+
+def _output_lines(before: Row | None, after: Row | None, finished: bool) -> list[str]:
+    """The output lines a message completed, as ``agent> line``; at the job's end, the last partial line too."""
+    if after is None or not after.output:
         return []
-    return [row_line(row, now)]
+    shown = before.output if before is not None and _same_attempt(before, after) else ""
+    done_before = shown.rfind("\n") + 1
+    done_now = len(after.output) if finished else after.output.rfind("\n") + 1
+    if done_now <= done_before or not after.output.startswith(shown[:done_before]):
+        return []
+    return [f"{clean(after.agent)}> {clean(line)}" for line in after.output[done_before:done_now].splitlines()]
 
 
 def _same_step(old: Row | None, new: Row) -> bool:
@@ -414,8 +457,22 @@ class LiveTable:
             step = _step(row, self.now)
             if step:
                 yield Padding(Text(step, style=_step_style(row), overflow="fold"), (0, 0, 0, 2))
+            tail = output_tail(row)
+            if tail:
+                yield Padding(Text(tail, style="dim", overflow="fold"), (0, 0, 0, 4))
         if self.caption:
             yield Text(self.caption, style="dim")
+
+
+#: Lines of a running job's output the live display shows under its row.
+OUTPUT_TAIL_LINES = 4
+
+
+def output_tail(row: Row) -> str:
+    """The last few lines of a running job's output, for the live display (all of it goes to the log when piped)."""
+    if row.status != "running" or not row.output:
+        return ""
+    return "\n".join(clean(line) for line in row.output.rstrip("\n").splitlines()[-OUTPUT_TAIL_LINES:])
 
 
 def live_table(view: View, now: float, caption: str = "") -> LiveTable:

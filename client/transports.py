@@ -24,6 +24,7 @@ from .answers import auth_headers, describe, json_object, refusal
 from .cursor import Cursor, Message
 from .endpoint import Endpoint
 from .errors import ConnectFailed, ProtocolError, ServerRefused, StreamLost, TransportRefused
+from .output import Outputs
 
 #: the largest message accepted from the server (results can be big)
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -192,6 +193,8 @@ class PollReader:
         self._first = True
         self._progress: dict[str, tuple[Any, ...]] = {}
         self._places: dict[str, tuple[Any, ...]] = {}
+        #: what each running job's output is so far: the next poll asks only for what follows
+        self.outputs = Outputs()
 
     def messages(self, reply: Message) -> Iterator[Message]:
         try:
@@ -199,6 +202,7 @@ class PollReader:
             yield from reply["events"]
             yield from self._new_progress(reply.get("progress", []))
             yield from self._new_places(reply.get("queue", []))
+            yield from self._new_output(reply.get("output", []))
         except (KeyError, TypeError) as exc:
             raise ProtocolError("the server's long-poll reply is not in the jobcast shape") from exc
         self._first = False
@@ -219,6 +223,11 @@ class PollReader:
                 self._progress[str(message.get("job_id"))] = key
                 yield message
 
+    def _new_output(self, output: list[Message]) -> Iterator[Message]:
+        for message in output:
+            if self.outputs.apply(message):
+                yield message
+
     def _new_places(self, places: list[Message]) -> Iterator[Message]:
         for message in places:
             key = (message.get("position"), message.get("waiting_for"), message.get("detail"))
@@ -231,15 +240,17 @@ async def poll_messages(conn: Connection) -> AsyncGenerator[Message, None]:
     reader = PollReader(conn.project_id)
     wait = 0  # the first reply comes at once, so the stream opens at once
     while True:
-        reply = await _poll(conn, wait)
+        reply = await _poll(conn, wait, reader.outputs.cursor())
         for message in reader.messages(reply):
             yield message
         wait = conn.poll_wait
 
 
-async def _poll(conn: Connection, wait: int) -> Message:
+async def _poll(conn: Connection, wait: int, output: str = "") -> Message:
     cursor = conn.cursor()
     params: dict[str, str | int] = {"wait": wait}
+    if output:
+        params["output"] = output
     if cursor is not None:
         params.update(epoch=cursor.epoch, after=cursor.after)
     timeout = httpx.Timeout(conn.open_timeout, read=wait + conn.open_timeout)

@@ -10,15 +10,17 @@ resumes from its cursor and loses nothing. The hub (:mod:`.hub`) keeps the chann
 from __future__ import annotations
 
 import collections
+import contextlib
+import dataclasses
 from collections.abc import Callable
 
 import anyio
 
 from .backoff import Backoff
 from .errors import StoreUnavailable
-from .jobs import Event, ProgressUpdate
+from .jobs import Event, OutputChunk, ProgressUpdate
 from .store import Store
-from .wire import FELL_BEHIND, Message, job_message, progress_message
+from .wire import FELL_BEHIND, Message, job_message, output_message, progress_message
 
 #: How many finished job ids a channel remembers, to drop progress that races a final state.
 _FINISHED_MEMORY = 1024
@@ -38,7 +40,7 @@ class Subscriber:
     # One per connection, 10k at a time: slots, and events made only when someone waits.
     __slots__ = (
         "limit", "last_seq", "writer", "on_backlog", "on_overflow", "holding", "close_reason",
-        "_transitions", "_progress", "_wake", "_overflowed",
+        "_transitions", "_progress", "_output", "_wake", "_overflowed",
     )  # fmt: skip
 
     def __init__(self, limit: int) -> None:
@@ -53,6 +55,8 @@ class Subscriber:
         self.close_reason: str | None = None
         self._transitions: collections.deque[tuple[int, Message]] = collections.deque()
         self._progress: dict[str, tuple[int, Message]] = {}
+        #: streamed output not yet written, per job: contiguous chunks merged into one, never dropped
+        self._output: dict[str, OutputChunk] = {}
         self._wake: anyio.Event | None = None
         self._overflowed: anyio.Event | None = None
 
@@ -72,6 +76,7 @@ class Subscriber:
         self.last_seq = seq
         if final:
             self._progress.pop(job_id, None)
+            self._output.pop(job_id, None)  # the final record carries the whole output
         if self._write_now(message):
             return
         if len(self._transitions) >= self.limit:
@@ -88,8 +93,29 @@ class Subscriber:
         self._progress[job_id] = (seq, message)
         self._backlogged()
 
+    def push_output(self, chunk: OutputChunk, message: Message) -> None:
+        """Output is complete, not latest-value: a lagging subscriber gets it merged, never thinned."""
+        if self._is_overflowed():
+            return
+        pending = self._output.get(chunk.job_id)
+        if pending is None and self._write_now(message):
+            return
+        merged = None if pending is None else pending.followed_by(chunk)
+        self._output[chunk.job_id] = chunk if merged is None else merged
+        self._backlogged()
+
+    def rebase_output(self, job_id: str, attempt: int, length: int) -> None:
+        """The subscriber has the first ``length`` characters of the attempt's output (from its opening)."""
+        pending = self._output.get(job_id)
+        if pending is not None and pending.attempt == attempt:
+            rest = pending.after(length)
+            if rest is None:
+                del self._output[job_id]
+            else:
+                self._output[job_id] = rest
+
     def _write_now(self, message: Message) -> bool:
-        if self.holding or self.writer is None or self._transitions or self._progress:
+        if self.holding or self.writer is None or self._transitions or self._progress or self._output:
             return False
         return self.writer(message.data)
 
@@ -120,13 +146,15 @@ class Subscriber:
         """Everything queued: transitions first, in order, then the newest progress per job."""
         batch = [message for _, message in self._transitions]
         batch.extend(message for _, message in self._progress.values())
+        batch.extend(output_message(chunk) for chunk in self._output.values())
         self._transitions.clear()
         self._progress.clear()
+        self._output.clear()
         return batch
 
     async def next_batch(self) -> list[Message]:
         """Wait for something queued (for transports that drain in a loop, like SSE)."""
-        while not (self._transitions or self._progress or self._is_overflowed()):
+        while not (self._transitions or self._progress or self._output or self._is_overflowed()):
             self._wake = anyio.Event()
             await self._wake.wait()
         return self.take_batch()
@@ -150,6 +178,8 @@ class Channel:
         self.store = store
         #: where progress from other processes goes (a shared store brings it with the log)
         self.on_progress = on_progress or self.publish_progress
+        #: where each job's output ends, as this channel has sent it: a shared store's gaps are filled from it
+        self._output_ends: dict[str, tuple[int, int]] = {}
         self.subscribers: set[Subscriber] = set()
         self.ready = anyio.Event()
         #: told when a job's final event goes out: its progress is no longer news
@@ -173,19 +203,20 @@ class Channel:
 
     async def _follow(self) -> None:
         with self.scope:
+            follower = self.store.follower(self.project_id)
             try:
                 self.cursor = await self.store.last_seq(self.project_id)
+                await follower.start()  # before ready: a subscriber's opening reads output after this point
             except StoreUnavailable as exc:
                 self.failure = exc
                 return
             finally:
                 self.ready.set()
             epoch = self.store.epoch
-            follower = self.store.follower(self.project_id)
             backoff = Backoff()
             while True:
                 try:
-                    events, progress = await follower.next(self.cursor, _READ_BATCH)
+                    events, progress, output = await follower.next(self.cursor, _READ_BATCH)
                 except StoreUnavailable:
                     await backoff.sleep()  # the store logged the outage once; pick up where we left off
                     continue
@@ -198,6 +229,9 @@ class Channel:
                     self._wake_waiters()
                 for update in progress:
                     self.on_progress(update)
+                for chunk in output:
+                    await self._fill_gap(chunk)
+                    self.publish_output(chunk)
 
     def _wake_waiters(self) -> None:
         if self._advanced is not None:
@@ -254,8 +288,34 @@ class Channel:
 
     def _remember_finished(self, job_id: str) -> None:
         self._finished[job_id] = None
+        self._output_ends.pop(job_id, None)
         if len(self._finished) > _FINISHED_MEMORY:
             self._finished.popitem(last=False)
+
+    async def _fill_gap(self, chunk: OutputChunk) -> None:
+        """A chunk that starts past what this channel sent (its reader fell behind the stream's bound):
+        send the missing text from the store first, so every subscriber still gets all of it."""
+        attempt, end = self._output_ends.get(chunk.job_id, (chunk.attempt, chunk.offset))
+        if attempt != chunk.attempt or chunk.offset <= end:
+            return
+        with contextlib.suppress(StoreUnavailable):  # the stream's next chunk tries again
+            stored = await self.store.get_output(chunk.job_id)
+            if stored is not None and stored[0] == chunk.attempt and len(stored[1]) >= chunk.offset:
+                missing = stored[1][end : chunk.offset]
+                self.publish_output(dataclasses.replace(chunk, offset=end, text=missing))
+
+    def publish_output(self, chunk: OutputChunk) -> None:
+        if self.finished(chunk.job_id):
+            return  # nothing about a job follows its final state
+        previous = self._output_ends.get(chunk.job_id)
+        same_attempt = previous is not None and previous[0] == chunk.attempt
+        end = max(previous[1], chunk.end) if previous is not None and same_attempt else chunk.end
+        self._output_ends[chunk.job_id] = (chunk.attempt, end)
+        message = output_message(chunk)
+        for subscriber in self.subscribers:
+            subscriber.push_output(chunk, message)
+        self._moved.set()  # a waiting long-poll answers with it
+        self._moved = anyio.Event()
 
     def publish_progress(self, update: ProgressUpdate) -> None:
         if self.finished(update.job_id):

@@ -33,6 +33,8 @@ class RunContext:
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[], object]] = []
+        #: output streamed since the engine last took it; the engine takes it every ~50 ms
+        self._output: list[str] = []
 
     @property
     def cancelled(self) -> bool:
@@ -49,6 +51,23 @@ class RunContext:
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             _call(callback)
+
+    def stream(self, text: str) -> None:
+        if not isinstance(text, str):
+            text = str(text)
+        if text:
+            with self._lock:
+                self._output.append(text)
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._output)
+
+    def take_output(self) -> str:
+        """Everything streamed since the last take (the engine's side)."""
+        with self._lock:
+            chunks, self._output = self._output, []
+        return "".join(chunks)
 
     def on_cancel(self, callback: Callable[[], object]) -> None:
         with self._lock:

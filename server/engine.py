@@ -29,7 +29,7 @@ from .backoff import Backoff
 from .context import RunContext
 from .errors import NothingToCancel, StaleJob, StoreUnavailable, UnknownAgent
 from .estimates import Estimates
-from .jobs import Job, JobError, JobStatus, Progress, ProgressUpdate, now
+from .jobs import Job, JobError, JobStatus, OutputChunk, Progress, ProgressUpdate, now
 from .plugins import agent_retry, agent_timeout, attempts_for, is_idempotent
 from .scheduling import Caps, IfActive, Place, Priority, places
 from .settings import Settings
@@ -53,6 +53,9 @@ class ProgressSink(Protocol):
     def queue_changed(self) -> None:
         """A job was queued, started or ended somewhere: places in the queue may have moved."""
 
+    def publish_output(self, chunk: OutputChunk) -> None:
+        """Text a running job streamed, already in the store: every watcher must get all of it."""
+
 
 class _NoSink:
     def publish_progress(self, update: ProgressUpdate) -> None:
@@ -63,6 +66,13 @@ class _NoSink:
 
     def queue_changed(self) -> None:
         pass
+
+    def publish_output(self, chunk: OutputChunk) -> None:
+        pass
+
+
+#: How often a running job's streamed output is taken from its agent, stored and sent: one message per window.
+OUTPUT_WINDOW = 0.05
 
 
 def caps_for(settings: Settings, agents: Mapping[str, Agent]) -> Caps:
@@ -101,6 +111,13 @@ class _Run:
     final: bool = False
     #: set when a cancel reaches the running agent: the grace for it to stop starts
     stopping: anyio.Event = dataclasses.field(default_factory=anyio.Event)
+    #: the output stored and sent so far (its length is the next chunk's offset), and what awaits the store
+    output: list[str] = dataclasses.field(default_factory=list)
+    output_length: int = 0
+    output_bytes: int = 0
+    output_pending: str = ""
+    output_truncated: bool = False
+    output_lock: anyio.Lock = dataclasses.field(default_factory=anyio.Lock)
 
     def stop(self) -> None:
         self.ctx.cancel()
@@ -249,9 +266,13 @@ class Engine:
         return {place.job_id: place for place in places(state, self.caps)}
 
     async def with_place(self, job: Job) -> dict[str, Any]:
-        """A job's public record, with its place in the queue if it is queued."""
+        """A job's public record: with its place in the queue if it waits, its output so far if it runs."""
         waiting = job.status in (JobStatus.QUEUED, JobStatus.RETRYING)
         place = (await self.places()).get(job.job_id) if waiting else None
+        if job.status is JobStatus.RUNNING:  # the output so far, kept apart from the record while it runs
+            output = await self.store.get_output(job.job_id)
+            if output is not None and output[0] == job.attempt:
+                job = job.with_output(output[1], False)
         return job.to_dict(queue=None if place is None else place.to_dict())
 
     # -- scheduling -------------------------------------------------------------------
@@ -481,6 +502,7 @@ class Engine:
             helpers.start_soon(self._expire_after, run, agent)
             helpers.start_soon(self._end_after_cancel_grace, run)
             helpers.start_soon(self._pump_progress, run)
+            helpers.start_soon(self._pump_output, run)
             outcome = await anyio.to_thread.run_sync(
                 call_agent, agent, run.job.project_id, run.ctx, limiter=self._threads, abandon_on_cancel=True
             )
@@ -550,9 +572,11 @@ class Engine:
         (timed out, lost) or on another attempt stays as it is."""
         if run.final:
             return
-        run.final = True
-        self._sink.job_ended(run.job.project_id, run.job.job_id)
         with anyio.CancelScope(shield=True):
+            with contextlib.suppress(StoreUnavailable):  # what could not be stored stays in the final record
+                await self._flush_output(run)
+            run.final = True
+            self._sink.job_ended(run.job.project_id, run.job.job_id)
             await self._until_saved(self._write_final, run, status, result, error, retry_at)
 
     async def _write_final(
@@ -573,6 +597,9 @@ class Engine:
             )
             return
         final = current.with_progress(run.progress).transition(status, result=result, error=error, retry_at=retry_at)
+        if status.is_final:
+            text = "".join(run.output) + run.output_pending  # all of it, stored on the way or not
+            final = final.with_output(text or None, run.output_truncated)
         try:
             await self.store.update_job(final, JobStatus.RUNNING)
         except StaleJob:
@@ -586,6 +613,49 @@ class Engine:
                     await self._interrupt(job, "jobcast hit an internal error running this job")
             except Exception:
                 logger.exception("could not mark job %s as failed", job_id)
+
+    # -- output ------------------------------------------------------------------------
+
+    async def _pump_output(self, run: _Run) -> None:
+        """Take what the agent streamed every window: thousands of ``ctx.stream`` calls make one message."""
+        while not run.final:
+            await anyio.sleep(OUTPUT_WINDOW)
+            await self._flush_output(run)
+
+    async def _flush_output(self, run: _Run) -> None:
+        """Store what the agent streamed, then send it. A store that is down keeps it here for the next try,
+        so nothing is lost or sent twice; past ``--max-output-bytes`` the rest is cut (and the agent never knows)."""
+        async with run.output_lock:
+            if run.final and not run.output_pending and not run.ctx.has_output:
+                return
+            run.output_pending += self._within_budget(run, run.ctx.take_output())
+            if not run.output_pending:
+                return
+            job = run.job
+            chunk = OutputChunk(project_id=job.project_id, agent=job.agent, job_id=job.job_id, attempt=job.attempt,
+                                offset=run.output_length, text=run.output_pending)  # fmt: skip
+            try:
+                await self.store.append_output(chunk)
+            except StoreUnavailable:
+                return  # kept in output_pending; the next window tries again
+            run.output.append(chunk.text)
+            run.output_length = chunk.end
+            run.output_pending = ""
+            self._sink.publish_output(chunk)
+
+    def _within_budget(self, run: _Run, text: str) -> str:
+        if not text or run.output_truncated:
+            return ""
+        encoded = text.encode()
+        room = self.settings.max_output_bytes - run.output_bytes
+        if len(encoded) > room:
+            text = encoded[: max(room, 0)].decode(errors="ignore")  # never half a character
+            run.output_truncated = True
+            logger.warning("job %s passed --max-output-bytes %d; the rest of its output is cut",
+                           run.job.job_id, self.settings.max_output_bytes)  # fmt: skip
+            encoded = text.encode()
+        run.output_bytes += len(encoded)
+        return text
 
     # -- progress ----------------------------------------------------------------------
 

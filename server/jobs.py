@@ -131,6 +131,10 @@ class Job:
     #: from the agent's history when the attempt started: its typical duration and its 90th percentile
     expected_s: float | None = None
     overdue_after_s: float | None = None
+    #: what the agent streamed (``ctx.stream``), once the job has ended; while it runs the store keeps it apart
+    output: str | None = None
+    #: the output passed ``--max-output-bytes`` and was cut there
+    output_truncated: bool = False
 
     @classmethod
     def new(
@@ -206,6 +210,9 @@ class Job:
     def attempts_left(self) -> int:
         return self.max_attempts - self.attempt
 
+    def with_output(self, output: str | None, truncated: bool) -> Job:
+        return dataclasses.replace(self, output=output, output_truncated=truncated)
+
     def with_estimate(self, expected_s: float | None, overdue_after_s: float | None) -> Job:
         return dataclasses.replace(self, expected_s=expected_s, overdue_after_s=overdue_after_s)
 
@@ -250,6 +257,8 @@ class Job:
             "retry_at": isoformat(self.retry_at),
             "attempts": [_public_attempt(entry) for entry in self.attempts],
             **estimate(self, at),
+            "output": self.output,
+            "output_truncated": self.output_truncated,
         }
 
     def to_record(self) -> dict[str, Any]:
@@ -370,6 +379,47 @@ class ProgressUpdate:
             "seq": self.seq,
             **eta_fields(self.expected_s, self.overdue_after_s, elapsed, self.percent),
         }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OutputChunk:
+    """Text a running job streamed: ``text`` starts at character ``offset`` of the attempt's output."""
+
+    project_id: str
+    agent: str
+    job_id: str
+    attempt: int
+    offset: int
+    text: str
+
+    def to_record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> OutputChunk:
+        return cls(**record)
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.text)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "output", **self.to_record()}
+
+    def after(self, length: int) -> OutputChunk | None:
+        """The part of this chunk past the first ``length`` characters (None if it has none)."""
+        if self.end <= length:
+            return None
+        if self.offset >= length:
+            return self
+        return dataclasses.replace(self, offset=length, text=self.text[length - self.offset :])
+
+    def followed_by(self, later: OutputChunk) -> OutputChunk | None:
+        """This chunk and ``later`` as one, if ``later`` continues it (the same attempt, no gap)."""
+        if later.attempt != self.attempt or later.offset > self.end:
+            return None
+        rest = later.after(self.end)
+        return self if rest is None else dataclasses.replace(self, text=self.text + rest.text)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

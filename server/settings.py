@@ -125,6 +125,9 @@ class Settings:
     ping_timeout: float = option(20.0, _positive_float, "seconds to wait for a pong before dropping the peer")
     send_buffer: int = option(1000, _positive_int, "transitions queued for one slow subscriber before it is closed")
     sse_keepalive: float = option(15.0, _positive_float, "seconds between keep-alive comments on an idle SSE stream")
+    max_output_bytes: int = option(
+        1024 * 1024, _positive_int, "bytes of streamed output kept per job; past it the output is cut"
+    )
     cancel_grace: float = option(
         10.0, _positive_float, "seconds a running agent has to stop after a cancel before it is ended anyway"
     )

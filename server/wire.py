@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .jobs import Event, ProgressUpdate, ProjectState, isoformat, now
+from .jobs import Event, OutputChunk, ProgressUpdate, ProjectState, isoformat, now
 from .scheduling import Place
 
 #: The largest message a client may send (uvicorn enforces it on the socket, the transport on the text).
@@ -63,6 +63,11 @@ def job_message(event: Event) -> Message:
 
 def progress_message(update: ProgressUpdate) -> Message:
     return Message("progress", encode(update.to_dict()))
+
+
+def output_message(chunk: OutputChunk) -> Message:
+    """``{"type": "output", "project_id", "agent", "job_id", "attempt", "offset", "text"}``: apply by offset."""
+    return Message("output", encode(chunk.to_dict()))
 
 
 def queue_message(place: Place) -> Message:

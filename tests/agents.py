@@ -273,3 +273,49 @@ class TimedAgent:
             if ctx.sleep(type(self).seconds / 10):
                 raise Cancelled
         return {"took": type(self).seconds}
+
+
+def streamed_piece(index: int) -> str:
+    """The StreamingAgent's piece ``index``: ASCII and not, so offsets count characters, not bytes."""
+    return f"{index:04d}{'é' if index % 7 == 0 else '-'}|"
+
+
+STREAMED_TEXT = "".join(streamed_piece(index) for index in range(2000))
+
+
+class StreamingAgent:
+    """Streams 2,000 pieces: 1,000, then it waits at ``gate`` (``halfway`` is set), then 1,000 more.
+
+    For tests across processes the gate is a file: with ``$JOBCAST_TEST_GATES`` set it writes
+    ``halfway-<project>`` and waits for ``<project>``.
+    """
+
+    name = "streaming"
+    gate: ClassVar[threading.Event] = threading.Event()
+    halfway: ClassVar[threading.Event] = threading.Event()
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        folder = os.environ.get("JOBCAST_TEST_GATES")
+        for index in range(2000):
+            if index == 1000:
+                self._wait_halfway(project_id, ctx, folder)
+            ctx.stream(streamed_piece(index))
+            if index % 50 == 0 and ctx.sleep(0.001):
+                raise Cancelled
+        return {"pieces": 2000}
+
+    def _wait_halfway(self, project_id: str, ctx: Context, folder: str | None) -> None:
+        if folder is None:
+            type(self).halfway.set()
+            while not type(self).gate.wait(0.01):
+                if ctx.cancelled:
+                    raise Cancelled
+            return
+        (Path(folder) / f"halfway-{project_id}").touch()
+        while not (Path(folder) / project_id).exists():
+            if ctx.sleep(0.01):
+                raise Cancelled
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.gate, cls.halfway = threading.Event(), threading.Event()

@@ -31,12 +31,14 @@ def _fresh_gates() -> Iterator[None]:
     test_agents.GatedAgent.reset()
     test_agents.StubbornAgent.reset()
     test_agents.DeafAgent.reset()
+    test_agents.StreamingAgent.reset()
     test_agents.FlakyAgent.calls.clear()
     yield
     # Let any thread a test left blocked finish, so none outlives its test.
     test_agents.GatedAgent.gate.set()
     test_agents.StubbornAgent.gate.set()
     test_agents.DeafAgent.gate.set()
+    test_agents.StreamingAgent.gate.set()
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,8 @@ from starlette.responses import JSONResponse
 
 from .. import access, validation
 from ..cursor import Snapshot, parse_cursor, plan
+from ..errors import InvalidInput
+from ..store import Store
 from ..wire import poll_events as events_reply
 from ..wire import poll_snapshot, queue_payload
 from .streams import REPLAY_BATCH, Services, services_of
@@ -32,6 +34,7 @@ async def poll_events(request: Request) -> JSONResponse:
 async def _poll(request: Request, services: Services, project_id: str, wait: int) -> JSONResponse:
     store = services.engine.store
     cursor = parse_cursor(request.query_params.get("epoch"), request.query_params.get("after"))
+    have = parse_output_cursor(request.query_params.get("output"))
     decision = plan(
         cursor, epoch=store.epoch, last_seq=await store.last_seq(project_id), history=services.settings.history
     )
@@ -48,4 +51,33 @@ async def _poll(request: Request, services: Services, project_id: str, wait: int
     body["progress"] = [p for p in services.hub.latest_progress(project_id) if p["seq"] <= body["seq"]]
     places = await services.engine.places()
     body["queue"] = [queue_payload(place) for place in places.values() if place.project_id == project_id]
+    body["output"] = await _output_since(store, project_id, have)
     return JSONResponse(body)
+
+
+def parse_output_cursor(raw: str | None) -> dict[str, tuple[int, int]]:
+    """``output=JOB.ATTEMPT.LENGTH,...``: how much of each running job's output the client has."""
+    have: dict[str, tuple[int, int]] = {}
+    for part in (raw or "").split(","):
+        if not part:
+            continue
+        job_id, _, rest = part.partition(".")
+        attempt, _, length = rest.partition(".")
+        numbers = validation.whole_number(attempt, max_digits=6), validation.whole_number(length, max_digits=9)
+        if not (0 < len(job_id) <= 64 and job_id.isalnum() and numbers[0] is not None and numbers[1] is not None):
+            raise InvalidInput("invalid_output", "output is JOB_ID.ATTEMPT.LENGTH, comma-separated")
+        have[job_id] = (numbers[0], numbers[1])
+        if len(have) > 100:
+            raise InvalidInput("invalid_output", "output names at most 100 jobs")
+    return have
+
+
+async def _output_since(store: Store, project_id: str, have: dict[str, tuple[int, int]]) -> list[dict[str, object]]:
+    """Each running job's output past what the client has (all of it for a job or attempt it does not know)."""
+    found = []
+    for chunk in await store.outputs_of(project_id):
+        attempt, length = have.get(chunk.job_id, (chunk.attempt, 0))
+        rest = chunk.after(length if attempt == chunk.attempt else 0)
+        if rest is not None:
+            found.append(rest.to_dict())
+    return found

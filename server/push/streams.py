@@ -15,7 +15,7 @@ from ..engine import Engine
 from ..hub import Hub
 from ..limits import Limits
 from ..settings import Settings
-from ..wire import Message, job_message, snapshot_message, welcome_message
+from ..wire import Message, job_message, output_message, snapshot_message, welcome_message
 
 #: Events read from the store per query while replaying.
 REPLAY_BATCH = 500
@@ -52,4 +52,9 @@ async def opening_messages(
             after = events[-1].seq
         sub.rebase(after)
     services.hub.add_latest_progress(project_id, sub)
+    # Each running job's output so far, from offset 0, read after joining: what streams on arrives after it
+    # (and any overlap with what queued meanwhile is trimmed), so the subscriber has every character once.
+    for chunk in await store.outputs_of(project_id):
+        messages.append(output_message(chunk))
+        sub.rebase_output(chunk.job_id, chunk.attempt, chunk.end)
     return messages

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 import anyio
 
 from ..errors import StaleJob
-from ..jobs import Event, Job, JobStatus, LastResult, Progress, ProgressUpdate, ProjectState
+from ..jobs import Event, Job, JobStatus, LastResult, OutputChunk, Progress, ProgressUpdate, ProjectState
 from ..scheduling import Caps, IfActive, QueueState, next_retry_at, over_limit, startable
 
 #: A claim that loses a race (another process took the job, or a limit filled) looks again this many times.
@@ -156,6 +156,32 @@ class Store(abc.ABC):
         """Record a running job's latest progress. Not an event: progress is latest-value."""
 
     @abc.abstractmethod
+    async def append_output(self, chunk: OutputChunk) -> None:
+        """Append a running job's streamed text, if ``chunk.offset`` is where its attempt's output ends now
+        (a retried write that landed already is not doubled; a new attempt starts again from 0)."""
+
+    @abc.abstractmethod
+    async def get_output(self, job_id: str) -> tuple[int, str] | None:
+        """A running job's output so far, as ``(attempt, text)``; None if it streamed nothing."""
+
+    async def outputs_of(self, project_id: str) -> list[OutputChunk]:
+        """The output so far of each of the project's running jobs, from offset 0 (what a new subscriber gets)."""
+        found = []
+        for running in (await self.queue_state()).running:
+            if running.project_id != project_id:
+                continue
+            output = await self.get_output(running.job_id)
+            if output is not None and output[1]:
+                attempt, text = output
+                found.append(OutputChunk(project_id=project_id, agent=running.agent, job_id=running.job_id,
+                                         attempt=attempt, offset=0, text=text))  # fmt: skip
+        return found
+
+    async def publish_output(self, chunk: OutputChunk) -> None:
+        """Send streamed output to every process's readers (shared stores only), after it is appended."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
     async def get_job(self, job_id: str) -> Job | None: ...
 
     @abc.abstractmethod
@@ -240,11 +266,14 @@ class Follower:
         self.store = store
         self.project_id = project_id
 
-    async def next(self, after: int, limit: int) -> tuple[list[Event], list[ProgressUpdate]]:
-        """Wait for events past ``after``; a shared store also returns other processes' progress."""
+    async def start(self) -> None:
+        """Take the live streams' positions now, before the channel says it is ready (shared stores)."""
+
+    async def next(self, after: int, limit: int) -> tuple[list[Event], list[ProgressUpdate], list[OutputChunk]]:
+        """Wait for events past ``after``; a shared store also returns other processes' progress and output."""
         while not (events := await self.store.events_after(self.project_id, after, limit)):
             await self.store.wait_for_events(self.project_id, after, math.inf)
-        return events, []
+        return events, [], []
 
 
 @dataclasses.dataclass(frozen=True)

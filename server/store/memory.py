@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 
 from ..errors import QueueFull, StaleJob
-from ..jobs import Event, Job, JobStatus, LastResult, Progress, ProjectState
+from ..jobs import Event, Job, JobStatus, LastResult, OutputChunk, Progress, ProjectState
 from ..scheduling import IfActive, QueueState, decide_start
 from .base import ActiveJobs, Store, duration_of, newest_first
 
@@ -22,6 +22,7 @@ class MemoryStore(Store):
         self._active = ActiveJobs()
         self._results: dict[tuple[str, str], LastResult] = {}
         self._events: dict[str, list[Event]] = {}
+        self._outputs: dict[str, tuple[int, str]] = {}
 
     async def create_job(
         self, job: Job, if_active: IfActive = IfActive.ATTACH, max_queued: int = 0
@@ -52,6 +53,8 @@ class MemoryStore(Store):
 
     def _write(self, job: Job) -> Event:
         self._jobs[job.job_id] = job
+        if job.status.is_final:
+            self._outputs.pop(job.job_id, None)  # the final record holds it
         self._active.apply(job)
         if job.status is JobStatus.COMPLETED and job.result is not None:
             key = (job.project_id, job.agent)
@@ -62,6 +65,16 @@ class MemoryStore(Store):
         stored = self._jobs.get(job_id)
         if stored is not None and stored.status is JobStatus.RUNNING:
             self._jobs[job_id] = dataclasses.replace(stored, progress=progress)
+
+    async def append_output(self, chunk: OutputChunk) -> None:
+        attempt, text = self._outputs.get(chunk.job_id, (chunk.attempt, ""))
+        if attempt != chunk.attempt:
+            text = ""
+        if chunk.offset == len(text):
+            self._outputs[chunk.job_id] = (chunk.attempt, text + chunk.text)
+
+    async def get_output(self, job_id: str) -> tuple[int, str] | None:
+        return self._outputs.get(job_id)
 
     async def get_job(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)

@@ -35,7 +35,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import QueueFull, StaleJob, StoreUnavailable
-from ..jobs import ACTIVE_STATES, Event, Job, JobStatus, LastResult, Progress, ProgressUpdate, ProjectState
+from ..jobs import (
+    ACTIVE_STATES,
+    Event,
+    Job,
+    JobStatus,
+    LastResult,
+    OutputChunk,
+    Progress,
+    ProgressUpdate,
+    ProjectState,
+)
 from ..scheduling import Caps, IfActive, Queued, QueueState, RunningJob, decide_start
 from .base import Follower, LeaseReport, Store, redacted
 
@@ -45,6 +55,8 @@ T = TypeVar("T")
 
 #: Progress entries kept per project: only the newest matter, readers are never far behind.
 _PROGRESS_KEEP = 64
+#: Output entries kept per project: readers are never far behind, and one that is fills the gap from the store.
+_OUTPUT_KEEP = 4096
 #: A refresh that raced another one for the same (project, agent) reads and decides again this many times,
 #: after a short random pause that grows with each lost race, so a burst of racing refreshes spreads out.
 _START_TRIES = 64
@@ -250,9 +262,26 @@ if ARGV[14] ~= '' then
   end
 end
 if ARGV[11] ~= '' then redis.call('HSET', p .. 'results:' .. project, agent, ARGV[11]) end
+if ARGV[10] == '1' then redis.call('DEL', p .. 'output:' .. id, p .. 'outmeta:' .. id) end
 return {'ok', append(p, project, ARGV[7], ARGV[8], ARGV[9]), epoch}
 """
 )
+
+# ARGV: prefix, job_id, attempt, offset, text, its length in characters
+#: A running job's output: the text in a string (APPEND), its attempt and length in characters beside it.
+_APPEND_OUTPUT = """
+local text, meta = ARGV[1] .. 'output:' .. ARGV[2], ARGV[1] .. 'outmeta:' .. ARGV[2]
+local fields = redis.call('HMGET', meta, 'attempt', 'length')
+if fields[1] ~= ARGV[3] then
+  if ARGV[4] ~= '0' then return 0 end
+  redis.call('DEL', text)
+  fields[2] = '0'
+end
+if fields[2] ~= ARGV[4] then return 0 end
+redis.call('APPEND', text, ARGV[5])
+redis.call('HSET', meta, 'attempt', ARGV[3], 'length', tonumber(ARGV[4]) + tonumber(ARGV[6]))
+return 1
+"""
 
 # ARGV: prefix, job_id, progress
 _SET_PROGRESS = """
@@ -396,6 +425,7 @@ class RedisStore(Store):
                 "claim": _CLAIM,
                 "update": _UPDATE,
                 "set_progress": _SET_PROGRESS,
+                "append_output": _APPEND_OUTPUT,
                 "renew": _RENEW,
                 "orphans": _ORPHANS,
                 "ensure_epoch": _ENSURE_EPOCH,
@@ -645,6 +675,28 @@ class RedisStore(Store):
             approximate=True,
         )
 
+    async def append_output(self, chunk: OutputChunk) -> None:
+        args = [self.prefix, chunk.job_id, chunk.attempt, chunk.offset, chunk.text, len(chunk.text)]
+        await self._call(self._scripts["append_output"], args=args)
+
+    async def get_output(self, job_id: str) -> tuple[int, str] | None:
+        async def read() -> list[Any]:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hget(self._key("outmeta", job_id), "attempt").get(self._key("output", job_id))
+                return list(await pipe.execute())
+
+        attempt, text = await self._call(read)
+        return None if attempt is None else (int(attempt), text or "")
+
+    async def publish_output(self, chunk: OutputChunk) -> None:
+        await self._call(
+            self.client.xadd,
+            self._key("outstream", chunk.project_id),
+            {"o": json.dumps(chunk.to_record())},
+            maxlen=_OUTPUT_KEEP,
+            approximate=True,
+        )
+
     async def renew_leases(self, job_ids: Collection[str]) -> LeaseReport:
         if not job_ids:
             return LeaseReport()
@@ -750,40 +802,57 @@ class RedisStore(Store):
 
 
 class _RedisFollower(Follower):
-    """One blocking XREAD on the project's log and progress streams: one reader per channel."""
+    """One blocking XREAD on the project's log, progress and output streams: one reader per channel."""
 
     def __init__(self, store: RedisStore, project_id: str) -> None:
         super().__init__(store, project_id)
         self.redis = store
         self.log_key = store._key("log", project_id)
         self.progress_key = store._key("progress", project_id)
+        self.output_key = store._key("outstream", project_id)
         self.progress_id: str | None = None
+        self.output_id: str | None = None
         self.epoch = store.epoch
 
-    async def next(self, after: int, limit: int) -> tuple[list[Event], list[ProgressUpdate]]:
+    async def start(self) -> None:
+        """From now on: output appended after this is read live; what came before, a subscriber reads whole."""
         store = self.redis
-        if self.progress_id is None:
-            newest = await store._call(store.client.xrevrange, self.progress_key, count=1)
-            self.progress_id = newest[0][0] if newest else "0-0"
+        for key in (self.progress_key, self.output_key):
+            newest = await store._call(store.client.xrevrange, key, count=1)
+            position = newest[0][0] if newest else "0-0"
+            if key == self.progress_key:
+                self.progress_id = position
+            else:
+                self.output_id = position
+
+    async def next(self, after: int, limit: int) -> tuple[list[Event], list[ProgressUpdate], list[OutputChunk]]:
+        store = self.redis
+        if self.progress_id is None or self.output_id is None:
+            await self.start()
+        assert self.progress_id is not None and self.output_id is not None
         while store.epoch == self.epoch:  # a new epoch ends the channel; its caller sees store.epoch
             replies = await store._call_within(
                 _READ_DEADLINE,
                 store.readers.xread,
-                {self.log_key: f"{after}-0", self.progress_key: self.progress_id},
+                {self.log_key: f"{after}-0", self.progress_key: self.progress_id, self.output_key: self.output_id},
                 count=limit,
                 block=_BLOCK_MS,
             )
             events: list[Event] = []
             progress: list[ProgressUpdate] = []
+            output: list[OutputChunk] = []
             for key, entries in replies or ():
                 if key == self.log_key:
                     events = [store._event(entry_id, fields) for entry_id, fields in entries]
-                else:
+                elif key == self.progress_key:
                     self.progress_id = entries[-1][0]
                     progress = [ProgressUpdate.from_record(json.loads(fields["u"])) for _, fields in entries]
-            if events or progress:
-                return events, progress
-        return [], []
+                else:
+                    self.output_id = entries[-1][0]
+                    output = [OutputChunk.from_record(json.loads(fields["o"])) for _, fields in entries]
+            if events or progress or output:
+                return events, progress, output
+        return [], [], []
 
 
 def _record(job: Job) -> str:

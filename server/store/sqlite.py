@@ -23,7 +23,7 @@ import anyio
 import anyio.to_thread
 
 from ..errors import ConfigError, QueueFull, StaleJob, StoreUnavailable
-from ..jobs import ACTIVE_STATES, Event, Job, JobStatus, LastResult, Progress, ProjectState
+from ..jobs import ACTIVE_STATES, Event, Job, JobStatus, LastResult, OutputChunk, Progress, ProjectState
 from ..scheduling import IfActive, QueueState, decide_start
 from .base import ActiveJobs, Store, duration_of
 from .owner import OwnerLock
@@ -65,6 +65,12 @@ CREATE TABLE IF NOT EXISTS projects (
     project_id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
     updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outputs (
+    job_id TEXT PRIMARY KEY,
+    attempt INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    text TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     project_id TEXT NOT NULL,
@@ -232,6 +238,8 @@ class SQLiteStore(Store):
         ).rowcount
         if changed != 1:
             raise StaleJob(job.job_id, expected.value)
+        if job.status.is_final:
+            db.execute("DELETE FROM outputs WHERE job_id = ?", (job.job_id,))  # the final record holds it
         if job.status is JobStatus.COMPLETED and job.result is not None:
             db.execute(
                 "INSERT OR REPLACE INTO last_results (project_id, agent, job_id, result, at) VALUES (?, ?, ?, ?, ?)",
@@ -262,6 +270,28 @@ class SQLiteStore(Store):
             f"WHERE job_id = ? AND status = '{RUNNING}'",
             (json.dumps(progress.to_dict()), job_id),
         )
+
+    async def append_output(self, chunk: OutputChunk) -> None:
+        await self._run(self._append_output, chunk)
+
+    def _append_output(self, chunk: OutputChunk) -> None:
+        with self._transaction() as db:
+            row = db.execute("SELECT attempt, length FROM outputs WHERE job_id = ?", (chunk.job_id,)).fetchone()
+            if row is None or row[0] != chunk.attempt:
+                if chunk.offset == 0:
+                    db.execute(
+                        "INSERT OR REPLACE INTO outputs (job_id, attempt, length, text) VALUES (?, ?, ?, ?)",
+                        (chunk.job_id, chunk.attempt, len(chunk.text), chunk.text),
+                    )
+            elif row[1] == chunk.offset:
+                db.execute(
+                    "UPDATE outputs SET text = text || ?, length = length + ? WHERE job_id = ?",
+                    (chunk.text, len(chunk.text), chunk.job_id),
+                )
+
+    async def get_output(self, job_id: str) -> tuple[int, str] | None:
+        rows = await self._rows("SELECT attempt, text FROM outputs WHERE job_id = ?", job_id)
+        return (rows[0][0], rows[0][1]) if rows else None
 
     # -- reads ----------------------------------------------------------------
 

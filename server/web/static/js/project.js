@@ -1,7 +1,7 @@
 // The project page: wires the connection, the state and the cards together.
 
 import { authHeaders, authMessage } from "./auth.js";
-import { ONLINE, OFFLINE_REASON, apply, cursor, initialState } from "./state.js";
+import { ONLINE, OFFLINE_REASON, apply, cursor, initialState, outputCursor } from "./state.js";
 import { Connection } from "./transport.js";
 import { el, ensureCards, updateCard } from "./render.js";
 
@@ -19,6 +19,7 @@ document.getElementById("project-name").textContent = projectId;
 const connection = new Connection({
   projectId,
   getCursor: () => cursor(state),
+  getOutputCursor: () => outputCursor(state),
   onMessage,
   onAuthFailure: (code) => {
     toasts.append(el("div", { class: "toast bad", role: "alert", "data-auth": code, text: authMessage(code) }));

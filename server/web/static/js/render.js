@@ -39,6 +39,7 @@ function buildCard(name, handlers) {
       el("span", { class: "step", "data-role": "step" }),
     ),
     el("p", { class: "error", "data-role": "error", role: "alert", hidden: true }),
+    el("pre", { class: "output", "data-role": "output", "aria-label": `${name} output`, tabindex: "0", hidden: true }),
     el("div", { class: "actions" }, refresh, cancel),
     el("section", { class: "result", "data-role": "result", "aria-label": `${name} result` }),
     el("p", { class: "updated", "data-role": "updated" }),
@@ -62,6 +63,7 @@ export function updateCard(card, state, name, nowMs, link) {
   const error = part("error");
   error.hidden = !view.error || view.status === "completed" || view.status === "retrying"; // retrying says it itself
   error.textContent = view.error ? `${view.error.code}: ${view.error.message}` : "";
+  updateOutput(part("output"), view.output);
   updateResult(part("result"), name, view);
   part("updated").textContent = view.resultAt ? `Last updated ${new Date(view.resultAt).toLocaleString()}` : "No result yet";
 }
@@ -74,6 +76,16 @@ function updateProgress(node, view) {
   bar.setAttribute("aria-valuenow", String(Math.round(percent)));
   node.querySelector(".fill").style.width = `${percent}%`;
   node.querySelector(".step").textContent = [view.percent !== null ? `${Math.round(percent)}%` : null, view.message].filter(Boolean).join(" · ");
+}
+
+// Streamed text, as text (never HTML). It follows the end as it grows, unless the reader scrolled up.
+function updateOutput(node, text) {
+  node.hidden = !text;
+  if (node.textContent === text) return;
+  const following = node.scrollHeight - node.scrollTop - node.clientHeight < 24;
+  if (text.startsWith(node.textContent) && node.textContent) node.append(text.slice(node.textContent.length));
+  else node.textContent = text;
+  if (following) node.scrollTop = node.scrollHeight;
 }
 
 function updateResult(node, name, view) {

@@ -12,6 +12,7 @@ export function initialState(projectId) {
     agents: {}, // name -> {job, last_result, last_result_at}
     progress: {}, // job_id -> {percent, message, elapsed_s, at}
     queue: {}, // job_id -> {position, waiting_for, detail}: where a queued job stands
+    output: {}, // job_id -> {attempt, text}: what a running job streamed so far, applied by offset
     clockOffsetMs: 0, // server clock minus ours
   };
 }
@@ -30,6 +31,8 @@ export function apply(state, message, receivedAtMs = Date.now()) {
       return applyProgress(state, message, receivedAtMs);
     case "queue":
       return applyQueue(state, message);
+    case "output":
+      return applyOutput(state, message);
     default:
       return { state, effects: [] };
   }
@@ -52,6 +55,7 @@ function applySnapshot(state, message, receivedAtMs) {
       agents: structuredClone(message.agents),
       progress: {},
       queue: placesOf(message.agents),
+      output: keptOutput(state.output, message.agents),
       clockOffsetMs: Number.isNaN(serverTime) ? state.clockOffsetMs : serverTime - receivedAtMs,
     },
     effects,
@@ -97,6 +101,35 @@ function applyProgress(state, message, receivedAtMs) {
 
 function isOlder(job, shown) {
   return Boolean(shown) && shown.job_id !== job.job_id && String(job.created_at) < String(shown.created_at);
+}
+
+// Output is applied by offset: text the page has already is skipped, and a new attempt starts over.
+// A chunk that would leave a gap cannot happen (the server sends what a joiner lacks from offset 0).
+export function appendOutput(have, message) {
+  const current = have && have.attempt === message.attempt ? have : { attempt: message.attempt, text: "" };
+  if (message.offset > current.text.length) return current; // a gap: never sent; ignore rather than corrupt
+  const text = current.text.slice(0, message.offset) + message.text;
+  return text.length >= current.text.length ? { attempt: message.attempt, text } : current;
+}
+
+function applyOutput(state, message) {
+  const next = appendOutput(state.output[message.job_id], message);
+  return { state: { ...state, output: { ...state.output, [message.job_id]: next } }, effects: [] };
+}
+
+// After a snapshot, keep the output of jobs still active (the server resends it from offset 0 anyway).
+function keptOutput(output, agents) {
+  const kept = {};
+  for (const entry of Object.values(agents)) {
+    const job = entry.job;
+    if (job && ACTIVE.has(job.status) && output?.[job.job_id]) kept[job.job_id] = output[job.job_id];
+  }
+  return kept;
+}
+
+// For the long-poll: "JOB.ATTEMPT.LENGTH,..." of the output the page has.
+export function outputCursor(state) {
+  return Object.entries(state.output ?? {}).map(([jobId, have]) => `${jobId}.${have.attempt}.${have.text.length}`).join(",");
 }
 
 function applyQueue(state, message) {
@@ -175,6 +208,8 @@ export function cardView(state, name, nowMs = Date.now(), link = ONLINE) {
       ? etaText(progress ? progress.eta_s : job.eta_s ?? null, progress ? progress.overdue : Boolean(job.overdue))
       : "",
     error: job?.error ?? null,
+    // while it runs, what it streamed so far; once ended, the job's whole output
+    output: job ? (ACTIVE.has(status) ? (state.output?.[job.job_id]?.text ?? "") : (job.output ?? "")) : "",
     result: entry.last_result,
     resultAt: entry.last_result_at,
   };

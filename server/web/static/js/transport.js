@@ -19,9 +19,10 @@ export function backoffMs(attempt, random = Math.random) {
 }
 
 export class Connection {
-  constructor({ projectId, getCursor, onMessage, onStatus, onAuthFailure = () => {}, base = "" }) {
+  constructor({ projectId, getCursor, getOutputCursor = () => "", onMessage, onStatus, onAuthFailure = () => {}, base = "" }) {
     this.projectId = projectId;
     this.getCursor = getCursor;
+    this.getOutputCursor = getOutputCursor; // long-poll: how much of each running job's output we have
     this.onMessage = onMessage;
     this.onStatus = onStatus;
     this.onAuthFailure = onAuthFailure;
@@ -177,6 +178,10 @@ export class Connection {
           params.set("epoch", cursor.epoch);
           params.set("after", String(cursor.after));
         }
+        const output = this.getOutputCursor();
+        if (output) {
+          params.set("output", output);
+        }
         const response = await fetch(`${this.base}/api/projects/${encodeURIComponent(this.projectId)}/events?${params}`, {
           headers: authHeaders(),
           signal: controller.signal,
@@ -226,6 +231,6 @@ export function pollMessages(reply) {
   } else {
     messages.push({ type: "snapshot", epoch: reply.epoch, seq: reply.seq, recovered: false, ...reply.snapshot });
   }
-  messages.push(...reply.events, ...reply.progress, ...(reply.queue ?? []));
+  messages.push(...reply.events, ...reply.progress, ...(reply.queue ?? []), ...(reply.output ?? []));
   return messages;
 }
