@@ -13,8 +13,10 @@ to build the prompt. docs/agents.md has examples for OpenAI, Ollama and vLLM.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -82,7 +84,7 @@ class ChatAgent:
                 httpx.Client(timeout=self._timeout) as http,
                 http.stream("POST", f"{self.base_url}/chat/completions", json=body, headers=headers) as response,
             ):
-                ctx.on_cancel(response.close)  # stop the generation (and the bill) at once, not at the next piece
+                ctx.on_cancel(lambda: _hang_up(response))  # stop the generation (and the bill) at once
                 self._check(response)
                 return self._read(response, ctx)
         except (httpx.TransportError, httpx.StreamError) as exc:
@@ -140,6 +142,16 @@ class ChatAgent:
         if self._api_key:
             text = text.replace(self._api_key, "***")
         return text[:300]
+
+
+def _hang_up(response: httpx.Response) -> None:
+    """Shut the connection down under the thread reading it (closing alone would not wake a blocked read):
+    the provider sees the client go, and stops generating."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _sse_data(lines: Iterator[str]) -> Iterator[str]:

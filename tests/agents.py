@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
-from jobcast.agents import Cancelled, Context, Retry, Transient
+from jobcast.agents import Cancelled, ChatAgent, Context, Retry, Transient
 
 
 class GatedAgent:
@@ -319,3 +319,13 @@ class StreamingAgent:
     @classmethod
     def reset(cls) -> None:
         cls.gate, cls.halfway = threading.Event(), threading.Event()
+
+
+class SlowChatAgent(ChatAgent):
+    """A ChatAgent (the fake provider's ``slow`` model, no retries) for cancelling mid-stream."""
+
+    name = "slowchat"
+    retry = Retry(attempts=1)
+
+    def __init__(self) -> None:
+        super().__init__(model="slow")

@@ -6,7 +6,7 @@ The model name picks the behaviour:
 * ``limited``: ``429`` with ``Retry-After: 2``;
 * ``denied``: ``401`` whose message echoes the key, as some providers do;
 * ``drop``: streams three pieces, then the connection dies mid-stream;
-* ``slow``: a piece every 50 ms for a minute; records when the client hung up.
+* ``slow``: three pieces, then a minute of silence; records when the client hung up.
 """
 
 from __future__ import annotations
@@ -60,9 +60,9 @@ class FakeLLM:
         if model == "slow":
             try:
                 self.streaming.set()
-                for index in range(1200):
+                for index in range(3):
                     yield _event({"model": model, "choices": [{"delta": {"content": f"slow{index} "}}]})
-                    await anyio.sleep(0.05)
+                await anyio.sleep(60)  # thinking: only closing the connection ends the wait before it is over
             finally:  # the client closed the connection: uvicorn cancels this generator
                 self.hung_up_at = time.monotonic()
                 self.hung_up.set()

@@ -1,7 +1,7 @@
 // Cases for the dashboard's pure logic, evaluated in the page by test_dashboard.py, which reports
 // each check("name", ...) as its own test. Returns every check's {name, ok, detail}.
 (async () => {
-  const { apply, cardView, cursor, initialState, elapsedText, OFFLINE_REASON, queueText, etaText, retryText } = await import("/static/js/state.js");
+  const { apply, appendOutput, cardView, cursor, initialState, elapsedText, OFFLINE_REASON, outputCursor, queueText, etaText, retryText } = await import("/static/js/state.js");
   const { backoffMs, pollMessages } = await import("/static/js/transport.js");
   const results = [];
   const check = (name, ok, detail = "") => { results.push({ name, ok: Boolean(ok), detail: String(detail) }); };
@@ -102,5 +102,18 @@
   e = apply(e, event(2, job("r1", "running"))).state;
   e = apply(e, { type: "progress", project_id: "p", agent: "a", job_id: "r1", elapsed_s: 2, percent: 40, message: "x", seq: 2, eta_s: 12, overdue: false }).state;
   check("a running card shows its eta from progress", cardView(e, "a").etaText === "about 12 s left");
+
+  // Output is applied by offset: overlaps are trimmed, gaps ignored, a new attempt starts over.
+  const piece = (offset, text, attempt = 1) => ({ type: "output", project_id: "p", agent: "a", job_id: "r1", attempt, offset, text });
+  let out = appendOutput(undefined, piece(0, "hello "));
+  check("output starts at offset 0", out.text === "hello ");
+  out = appendOutput(out, piece(3, "lo world"));
+  check("an overlapping piece is trimmed", out.text === "hello world", out.text);
+  check("a piece past the end is not applied", appendOutput(out, piece(50, "x")).text === "hello world");
+  check("a new attempt starts over", appendOutput(out, piece(0, "again", 2)).text === "again");
+  e = apply(e, piece(0, "<b>streamed</b>")).state;
+  check("a running card shows its output as text", cardView(e, "a").output === "<b>streamed</b>" && outputCursor(e) === "r1.1.15");
+  e = apply(e, event(3, job("r1", "completed", { output: "<b>streamed</b> all" }))).state;
+  check("an ended card shows the job's whole output", cardView(e, "a").output === "<b>streamed</b> all");
   return results;
 })()

@@ -491,3 +491,22 @@ def test_the_status_and_live_lines_say_how_long_is_left_and_when_a_retry_comes()
     assert detail(Row("financial", job=running, percent=30, message="x", eta_s=7.0), 0.0).endswith("(about 7 s left)")
     (row,) = status_rows({"agents": {"financial": {"job": running, "last_result": None}}})
     assert row[4] == "30% x (about 7 s left)"
+
+
+def test_refresh_prints_the_streamed_output_plain_when_piped_and_as_records_with_json(tmp_path: Path) -> None:
+    from tests.agents import STREAMED_TEXT
+
+    (tmp_path / "out").touch()  # the streaming agent's halfway gate, open from the start
+    env = {"JOBCAST_TEST_GATES": str(tmp_path)}
+    args = ["--store", "memory://", "--agent", "tests.agents:StreamingAgent"]
+    with jobcast_server(args, tmp_path / "server.log", env) as server:
+        plain = jobcast("refresh", "out", "--agent", "streaming", "--url", server.url)
+        as_json = jobcast("refresh", "out", "--agent", "streaming", "--json", "--url", server.url)
+    assert plain.returncode == 0, plain.stderr
+    lines = [line for line in plain.stdout.splitlines() if line.startswith("streaming> ")]
+    assert "".join(line.removeprefix("streaming> ") for line in lines) == STREAMED_TEXT
+    outputs = [r for r in records(as_json.stdout) if r["type"] == "output"]
+    text = ""
+    for record in outputs:
+        text = text[: record["offset"]] + record["text"]
+    assert outputs and text == STREAMED_TEXT

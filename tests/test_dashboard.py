@@ -344,3 +344,27 @@ async def test_a_card_says_when_a_job_retries_and_how_long_a_run_has_left() -> N
 
 async def _completed(live: Live, job_id: str) -> bool:
     return bool((await live.http.get(f"/api/jobs/{job_id}")).json()["status"] == "completed")
+
+
+async def test_a_card_shows_streamed_text_as_it_comes_and_after_a_reload_mid_stream() -> None:
+    from tests.agents import STREAMED_TEXT, StreamingAgent
+
+    async with live_server(agents=["tests.agents:StreamingAgent"]) as live, chromium() as browser:
+        page = await browser.new_page()
+        await open_project(page, live, "acme")
+        streaming = card(page, "streaming")
+        await streaming.locator("[data-role=refresh]").click()
+        assert await anyio.to_thread.run_sync(StreamingAgent.halfway.wait, WAIT)
+        half = STREAMED_TEXT[: 1000 * 6]
+        output = streaming.locator("[data-role=output]")
+        await expect(output).to_have_text(half, timeout=TIMEOUT_MS)
+        await page.reload()
+        await expect(page.locator("body")).to_have_attribute("data-connection", "live", timeout=TIMEOUT_MS)
+        await expect(card(page, "streaming").locator("[data-role=output]")).to_have_text(half, timeout=TIMEOUT_MS)
+        StreamingAgent.gate.set()
+        await expect(card(page, "streaming")).to_have_attribute("data-state", "completed", timeout=TIMEOUT_MS)
+        await expect(card(page, "streaming").locator("[data-role=output]")).to_have_text(
+            STREAMED_TEXT, timeout=TIMEOUT_MS
+        )
+        # Text, never markup: the card's output has no elements in it.
+        assert await card(page, "streaming").locator("[data-role=output] *").count() == 0
