@@ -155,6 +155,45 @@ def sweep(
 # -- report --------------------------------------------------------------------------------------
 
 
+def streaming(clients: int, seconds: float, runs: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Subscribers following one job that streams 50 pieces a second: delay, bytes on the wire, CPU."""
+    with running("jobcast", demo_seconds=seconds) as server:
+        config = {"mode": "stream", "port": server.port, "clients": clients}
+        with loadgen(config) as generator:
+            results = []
+            for _ in range(runs):
+                cpu_before, started = server.cpu, time.monotonic()
+                result = generator.run()
+                result["cpu_percent"] = 100 * (server.cpu - cpu_before) / (time.monotonic() - started)
+                results.append(result)
+    summary = {
+        "clients": clients,
+        "seconds": seconds,
+        "exact": all(r["exact"] for r in results),
+        "wire_ratio": summarise([{"ratio": r["wire_per_subscriber"] / r["output_bytes"]} for r in results], ["ratio"])[
+            "ratio"
+        ],
+        **summarise(results, ["p50_ms", "p99_ms", "max_ms", "cpu_percent", "output_bytes", "wire_per_subscriber"]),
+    }
+    log(f"streaming {clients}: p99 {fmt(summary['p99_ms'])} ms, wire {fmt(summary['wire_ratio'], 2)}× the text")
+    return summary
+
+
+def streaming_table(summary: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            "| subscribers | p50 ms | p99 ms | max ms | text bytes | bytes sent per subscriber | wire ÷ text "
+            "| server CPU (% of a core) | every subscriber got all of it |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            f"| {summary['clients']:,} | {fmt(summary['p50_ms'])} | {fmt(summary['p99_ms'])} "
+            f"| {fmt(summary['max_ms'])} "
+            f"| {fmt(summary['output_bytes'], 0)} | {fmt(summary['wire_per_subscriber'], 0)} "
+            f"| {fmt(summary['wire_ratio'], 2)} | {fmt(summary['cpu_percent'], 0)} "
+            f"| {'yes' if summary['exact'] else '**no**'} |",
+        ]
+    )
+
+
 def machine() -> str:
     model = "unknown CPU"
     try:
@@ -288,6 +327,16 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
         results["watch"]["poll"]["requests_per_job"]["median"] / results["watch"]["push"]["requests_per_job"]["median"]
     )
     checks.append(("at least 50× fewer HTTP requests per job than 3 s polling", f"{fewer:.0f}×", fewer >= 50))
+    stream = results["streaming"]
+    checks.append(
+        (
+            f"streamed output p99 under 100 ms to {stream['clients']:,} subscribers, all of it",
+            f"{stream['p99_ms']['median']:.0f} ms",
+            stream["p99_ms"]["median"] < 100 and stream["exact"],
+        )
+    )
+    ratio = stream["wire_ratio"]["median"]
+    checks.append(("streamed output: bytes on the wire at most 2× the text", f"{ratio:.2f}×", ratio <= 2))
     for row in results["scheduling"]:
         limit = 20 if row["layout"] == "sqlite" else 50
         where = "on one process" if row["layout"] == "sqlite" else "through Redis (two processes)"
@@ -385,6 +434,15 @@ millisecond, so figures are whole milliseconds.
 
 {scheduling_table(results["scheduling"])}
 
+## Streaming output
+
+{settings["stream_clients"]:,} subscribers follow one job that streams a piece 50 times a second
+for {settings["stream_seconds"]:g} s (each piece is its `ctx.stream` time and filler, 42 bytes, about
+a few tokens). The delay is a subscriber's receive time minus the time in the piece; bytes
+are what each subscriber was sent (frames included) while the job ran, against the text.
+
+{streaming_table(results["streaming"])}
+
 ## Reproduce
 
 ```sh
@@ -444,6 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sweep_rates": [10, 20] if args.smoke else [10, 20, 40, 80, 160],
         "sweep_seconds": 0.3 if args.smoke else 1.0,
         "scheduling_projects": 4 if args.smoke else 100,
+        "stream_clients": 20 if args.smoke else 1000,
+        "stream_seconds": 1.0 if args.smoke else 5.0,
     }
     started = time.monotonic()
     log = lambda line: print(f"[{time.monotonic() - started:6.1f}s] {line}", file=sys.stderr, flush=True)  # noqa: E731
@@ -458,6 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings["sweep_clients"], settings["sweep_rates"], args.runs, settings["sweep_seconds"], log
     )
     results["scheduling"] = scheduling(settings["scheduling_projects"], log)
+    results["streaming"] = streaming(settings["stream_clients"], settings["stream_seconds"], args.runs, log)
     target = args.out if args.out is not None else ("" if args.smoke else "docs/benchmarks.md")
     out = Path(target) if target else None
     plot_path = out.with_suffix(".png") if out else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from jobcast.agents import Cancelled, Context
@@ -69,3 +70,19 @@ TICK_COUNT = 5
 # Tick0 .. Tick4: instant jobs under five names, so 100 projects hold 1,000 jobs (each with a follow-up).
 for _index in range(TICK_COUNT):
     globals()[f"Tick{_index}"] = type(f"Tick{_index}", (Instant,), {"name": f"tick{_index}"})
+
+
+class Stream50:
+    """Streams a stamped piece 50 times a second for ``--demo-seconds``: ``<unix time>;`` and filler,
+    about the size of a few LLM tokens, so a subscriber can time each piece from ``ctx.stream`` to it."""
+
+    name = "stream50"
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        pieces = round(ctx.demo_seconds * 50)
+        start = time.monotonic()
+        for index in range(pieces):
+            ctx.stream(f"{time.time():.6f};{'x' * 24}")
+            if ctx.sleep(max(0.0, start + (index + 1) / 50 - time.monotonic())):
+                raise Cancelled
+        return {"pieces": pieces}

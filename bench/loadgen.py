@@ -367,7 +367,64 @@ def close_all(clients: list[Client]) -> None:
             client.socket.close()
 
 
-MODES = {"fanout": fanout, "sweep": sweep, "watch": watch, "status": status}
+class StreamClient(Client):
+    """A subscriber that times each streamed piece (``<unix time>;...``) and counts the bytes it is sent."""
+
+    def __init__(self, port: int, tally: Tally) -> None:
+        super().__init__("jobcast", port, tally)
+        self.wire_bytes = 0
+        self.text_bytes = 0
+        self.done: asyncio.Event = asyncio.Event()
+
+    def on_text(self, socket: RawWebSocket, text: bytes) -> None:
+        if not self.greeted.done():
+            self._greet(socket, text)
+            return
+        # A server frame of this size: the payload plus a 2-byte header (4 from 126 bytes, 10 from 64 KiB).
+        self.wire_bytes += len(text) + (2 if len(text) < 126 else 4 if len(text) < 65536 else 10)
+        if text.startswith(b'{"type":"output"'):
+            now = time.time()
+            piece = json.loads(text)["text"]
+            self.text_bytes += len(piece.encode())
+            for stamp in piece.split(";")[0::1]:
+                head = stamp.lstrip("x")
+                if head:
+                    self.tally.latencies.append(now - float(head))
+        elif text.startswith(b'{"type":"job"') and b'"status":"completed"' in text:
+            self.done.set()
+
+
+async def stream(config: dict[str, Any]) -> None:
+    """Subscribers follow one job that streams 50 pieces a second; each piece is timed on arrival."""
+    port, count = config["port"], config["clients"]
+    tally = Tally()
+    clients = [StreamClient(port, tally) for _ in range(count)]
+    await connect_all(clients)  # type: ignore[arg-type]
+    print("READY", flush=True)
+    async with httpx.AsyncClient(timeout=30) as http:
+        while await next_command() == "RUN":
+            tally.reset(0)
+            for client in clients:
+                client.wire_bytes = client.text_bytes = 0
+                client.done = asyncio.Event()
+            response = await http.post(f"http://127.0.0.1:{port}/api/projects/bench/agents/stream50/refresh")
+            assert response.status_code == 202, response.text
+            await asyncio.wait_for(asyncio.gather(*(client.done.wait() for client in clients)), 120)
+            job = (await http.get(f"http://127.0.0.1:{port}/api/jobs/{response.json()['job']['job_id']}")).json()
+            output_bytes = len(job["output"].encode())
+            emit(
+                {
+                    **summary(tally.latencies),
+                    "pieces": len(tally.latencies),
+                    "exact": all(client.text_bytes >= output_bytes for client in clients),
+                    "output_bytes": output_bytes,
+                    "wire_per_subscriber": sum(client.wire_bytes for client in clients) / count,
+                }
+            )
+    close_all(clients)  # type: ignore[arg-type]
+
+
+MODES = {"fanout": fanout, "sweep": sweep, "watch": watch, "status": status, "stream": stream}
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ def server_command(
     kind: str, port: int, workers: int = 8, demo_seconds: float = 2.0, store: str = "memory://"
 ) -> list[str]:
     if kind == "jobcast":
-        agents = ["bench.agents:Instant", "bench.agents:Busy", *PULSE_AGENTS]
+        agents = ["bench.agents:Instant", "bench.agents:Busy", "bench.agents:Stream50", *PULSE_AGENTS]
         return [
             sys.executable, "-m", "jobcast", "serve", "--port", str(port), "--store", store,
             "--log-level", "warning", "--threads", str(workers), "--demo-seconds", str(demo_seconds),

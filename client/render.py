@@ -139,7 +139,7 @@ def _row_from_job(previous: Row | None, job: Record, now: float, places: Mapping
     queue = (job.get("queue") or (places or {}).get(str(job["job_id"]))) if job["status"] == "queued" else None
     same = previous is not None and previous.job is not None and previous.job["job_id"] == job["job_id"]
     output, output_attempt = (job.get("output") or "", int(job.get("attempt") or 1))
-    if not output and same and previous is not None and job["status"] in ("running", "queued", "retrying"):
+    if not output and same and previous is not None:  # a job message leaves output out: keep what streamed
         output, output_attempt = previous.output, previous.output_attempt
     return Row(
         agent=str(job["agent"]),

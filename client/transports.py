@@ -199,10 +199,11 @@ class PollReader:
     def messages(self, reply: Message) -> Iterator[Message]:
         try:
             yield from self._opening(reply)
+            # Output first: a job that ended in this reply has its tail here, and nothing follows its end.
+            yield from self._new_output(reply.get("output", []))
             yield from reply["events"]
             yield from self._new_progress(reply.get("progress", []))
             yield from self._new_places(reply.get("queue", []))
-            yield from self._new_output(reply.get("output", []))
         except (KeyError, TypeError) as exc:
             raise ProtocolError("the server's long-poll reply is not in the jobcast shape") from exc
         self._first = False

@@ -76,7 +76,9 @@ class Subscriber:
         self.last_seq = seq
         if final:
             self._progress.pop(job_id, None)
-            self._output.pop(job_id, None)  # the final record carries the whole output
+            pending = self._output.pop(job_id, None)
+            if pending is not None:  # the job's last output goes just before its end: nothing follows an end
+                self._transitions.append((seq, output_message(pending)))
         if self._write_now(message):
             return
         if len(self._transitions) >= self.limit:
@@ -280,11 +282,23 @@ class Channel:
         message = job_message(event)  # encoded once for every subscriber
         final = event.job.status.is_final
         if final:
+            self._send_output_tail(event)
             self._remember_finished(event.job.job_id)
             self.on_final(self.project_id, event.job.job_id)
         for subscriber in self.subscribers:
             subscriber.push_event(event.seq, message, event.job.job_id, final)
         self.cursor = event.seq
+
+    def _send_output_tail(self, event: Event) -> None:
+        """Before a job's final transition, whatever of its output this channel has not sent (a piece still on
+        its way between processes, or one a store outage held back): the event itself does not carry it."""
+        whole = event.output()
+        if whole is None:
+            return
+        attempt, end = self._output_ends.get(whole.job_id, (whole.attempt, 0))
+        tail = whole.after(end if attempt == whole.attempt else 0)
+        if tail is not None:
+            self.publish_output(tail)
 
     def _remember_finished(self, job_id: str) -> None:
         self._finished[job_id] = None

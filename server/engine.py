@@ -641,7 +641,13 @@ class Engine:
             run.output.append(chunk.text)
             run.output_length = chunk.end
             run.output_pending = ""
-            self._sink.publish_output(chunk)
+            if self.store.shared:
+                # Through the store, awaited, so it reaches every process before the job's final transition;
+                # a piece that does not is sent from the final record just before it (the channel's tail).
+                with contextlib.suppress(StoreUnavailable):
+                    await self.store.publish_output(chunk)
+            else:
+                self._sink.publish_output(chunk)
 
     def _within_budget(self, run: _Run, text: str) -> str:
         if not text or run.output_truncated:

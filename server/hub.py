@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 
-from .backoff import Backoff
 from .channel import Channel, EpochChanged, Subscriber
 from .errors import StoreUnavailable
 from .jobs import OutputChunk, ProgressUpdate
@@ -45,8 +44,6 @@ class Hub:
         self._local_jobs: set[str] = set()
         #: progress waiting to go to a shared store, newest per job; one write per job is in flight at most
         self._unshared: dict[str, ProgressUpdate] = {}
-        #: output waiting to go to a shared store, per job, in order; all of it goes, merged
-        self._unshared_output: dict[str, OutputChunk] = {}
         #: set when the server begins to shut down: open streams and long-polls end at once
         self.closing = anyio.Event()
         #: where queued jobs stand (the engine's :meth:`~server.engine.Engine.places`); set by the app
@@ -233,41 +230,11 @@ class Hub:
                 del self._unshared[job_id]
 
     def publish_output(self, chunk: OutputChunk) -> None:
-        """Called by the engine with each batch a running job streamed, once the store has it."""
-        if not self.store.shared:
-            channel = self._channels.get(chunk.project_id)
-            if channel is not None:
-                channel.publish_output(chunk)
-            return
-        # Every process's channel reader, this one's included, gets it back from the store.
-        pending = self._unshared_output.get(chunk.job_id)
-        merged = None if pending is None else pending.followed_by(chunk)
-        self._unshared_output[chunk.job_id] = chunk if merged is None else merged
-        if pending is None:
-            self._task_group.start_soon(self._share_output, chunk.job_id)
-
-    async def _share_output(self, job_id: str) -> None:
-        """Send the job's output to the store in order, merging what piles up; retried until it lands."""
-        backoff = Backoff()
-        while (chunk := self._unshared_output.get(job_id)) is not None:
-            try:
-                await self.store.publish_output(chunk)
-            except StoreUnavailable:
-                await backoff.sleep()  # readers fill any gap from the stored output once it flows again
-                continue
-            except Exception:  # runs in the app's task group: an error here must not end the app
-                logger.exception("could not send the output of job %s to the store", job_id)
-                self._unshared_output.pop(job_id, None)
-                return
-            backoff.reset()
-            current = self._unshared_output.get(job_id)
-            rest = (
-                None if current is None else current.after(chunk.end) if current.attempt == chunk.attempt else current
-            )
-            if rest is None:
-                self._unshared_output.pop(job_id, None)
-            else:
-                self._unshared_output[job_id] = rest
+        """Called by the engine with each piece a running job streamed, once the store has it (an embedded
+        store: a shared one carries it to every process's channel reader, this one's included)."""
+        channel = self._channels.get(chunk.project_id)
+        if channel is not None:
+            channel.publish_output(chunk)
 
     def _deliver_progress(self, update: ProgressUpdate) -> None:
         channel = self._channels.get(update.project_id)

@@ -325,14 +325,24 @@ class Event:
     job: Job
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``job`` message. Its record leaves ``output`` out (null): output reaches a subscriber as
+        ``output`` messages before the final transition, so a long text is not sent twice to everyone."""
         return {
             "type": "job",
             "epoch": self.epoch,
             "seq": self.seq,
             "project_id": self.job.project_id,
             "agent": self.job.agent,
-            "job": self.job.to_dict(at=self.job.updated_at),
+            "job": {**self.job.to_dict(at=self.job.updated_at), "output": None},
         }
+
+    def output(self) -> OutputChunk | None:
+        """A final job's whole output as one piece from offset 0 (what a replay sends before the event)."""
+        job, text = self.job, self.job.output
+        if not job.status.is_final or not text:
+            return None
+        return OutputChunk(project_id=job.project_id, agent=job.agent, job_id=job.job_id, attempt=job.attempt,
+                           offset=0, text=text)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -161,7 +161,7 @@ def test_json_output_is_ndjson_holding_every_transition(fast: JobcastServer, tra
     result = jobcast(*args, "--url", fast.url)
     assert result.returncode == 0, result.stderr
     lines = records(result.stdout)
-    assert {line["type"] for line in lines} <= {"started", "job", "progress", "final"}
+    assert {line["type"] for line in lines} <= {"started", "job", "progress", "output", "final"}  # financial streams
     started = {line["agent"]: line["job"]["job_id"] for line in lines if line["type"] == "started"}
     assert set(started) == {"quick", "financial"}
     for agent, job_id in started.items():

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse
 from .. import access, validation
 from ..cursor import Snapshot, parse_cursor, plan
 from ..errors import InvalidInput
+from ..jobs import OutputChunk
 from ..store import Store
 from ..wire import poll_events as events_reply
 from ..wire import poll_snapshot, queue_payload
@@ -38,6 +39,7 @@ async def _poll(request: Request, services: Services, project_id: str, wait: int
     decision = plan(
         cursor, epoch=store.epoch, last_seq=await store.last_seq(project_id), history=services.settings.history
     )
+    ended: list[OutputChunk] = []
     if isinstance(decision, Snapshot):
         state = await store.snapshot(project_id, list(services.engine.agents))
         body = poll_snapshot(project_id, store.epoch, state, decision.reason, await services.engine.places())
@@ -48,10 +50,11 @@ async def _poll(request: Request, services: Services, project_id: str, wait: int
             await services.hub.unless_closing(services.hub.wait_for_events(project_id, decision.after, wait), False)
             events = await store.events_after(project_id, decision.after, REPLAY_BATCH)
         body = events_reply(store.epoch, decision.after, events)
+        ended = [chunk for event in events if (chunk := event.output()) is not None]
     body["progress"] = [p for p in services.hub.latest_progress(project_id) if p["seq"] <= body["seq"]]
     places = await services.engine.places()
     body["queue"] = [queue_payload(place) for place in places.values() if place.project_id == project_id]
-    body["output"] = await _output_since(store, project_id, have)
+    body["output"] = [*_since(ended, have), *await _output_since(store, project_id, have)]
     return JSONResponse(body)
 
 
@@ -74,8 +77,14 @@ def parse_output_cursor(raw: str | None) -> dict[str, tuple[int, int]]:
 
 async def _output_since(store: Store, project_id: str, have: dict[str, tuple[int, int]]) -> list[dict[str, object]]:
     """Each running job's output past what the client has (all of it for a job or attempt it does not know)."""
+    return _since(await store.outputs_of(project_id), have)
+
+
+def _since(chunks: list[OutputChunk], have: dict[str, tuple[int, int]]) -> list[dict[str, object]]:
+    """Each job's output past what the client has: the running jobs', and those that ended in this reply
+    (their final events do not repeat it)."""
     found = []
-    for chunk in await store.outputs_of(project_id):
+    for chunk in chunks:
         attempt, length = have.get(chunk.job_id, (chunk.attempt, 0))
         rest = chunk.after(length if attempt == chunk.attempt else 0)
         if rest is not None:

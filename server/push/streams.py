@@ -48,7 +48,11 @@ async def opening_messages(
         messages = [welcome_message(project_id, store.epoch, last_seq)]
         after = decision.after
         while events := await store.events_after(project_id, after, REPLAY_BATCH):
-            messages.extend(job_message(event) for event in events)
+            for event in events:
+                whole = event.output()  # a job that ended while the client was away: its output, then its end
+                if whole is not None:
+                    messages.append(output_message(whole))
+                messages.append(job_message(event))
             after = events[-1].seq
         sub.rebase(after)
     services.hub.add_latest_progress(project_id, sub)

@@ -209,7 +209,7 @@ export function cardView(state, name, nowMs = Date.now(), link = ONLINE) {
       : "",
     error: job?.error ?? null,
     // while it runs, what it streamed so far; once ended, the job's whole output
-    output: job ? (ACTIVE.has(status) ? (state.output?.[job.job_id]?.text ?? "") : (job.output ?? "")) : "",
+    output: job ? (ACTIVE.has(status) ? (state.output?.[job.job_id]?.text ?? "") : (job.output ?? state.output?.[job.job_id]?.text ?? "")) : "",
     result: entry.last_result,
     resultAt: entry.last_result_at,
   };

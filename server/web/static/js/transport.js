@@ -231,6 +231,6 @@ export function pollMessages(reply) {
   } else {
     messages.push({ type: "snapshot", epoch: reply.epoch, seq: reply.seq, recovered: false, ...reply.snapshot });
   }
-  messages.push(...reply.events, ...reply.progress, ...(reply.queue ?? []), ...(reply.output ?? []));
+  messages.push(...(reply.output ?? []), ...reply.events, ...reply.progress, ...(reply.queue ?? [])); // output before an end
   return messages;
 }
