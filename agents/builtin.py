@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import Cancelled, Context
+from .contract import Cancelled, Context
 
 
 def project_random(project_id: str, salt: str) -> random.Random:

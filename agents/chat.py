@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from . import Cancelled, Context, Retry, Transient
+from .contract import Cancelled, Context, Retry, Transient
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"

@@ -336,6 +336,7 @@ def test_refresh_in_a_terminal_draws_the_live_display_and_ends_cleanly(fast: Job
     child = pty("refresh", "tty", "--agent", "financial", "--url", fast.url)
     child.expect("jobcast · tty")
     child.expect(r"financial.*running.*━.*\d+%")
+    child.expect("Reading the ledgers of tty")  # its streamed narrative, under its row while it runs
     child.expect(re.escape(financial_figures("tty")["summary"]))
     child.expect(pexpect.EOF)
     child.close()

@@ -103,14 +103,14 @@ async def test_progress_from_one_process_reaches_another_processes_reader(redis_
     async with opened(url) as a, opened(url) as b:
         follower = b.follower("p")
         job, _ = await a.create_job(Job.new("p", "x"))
-        events, progress = await follower.next(0, 10)
+        events, progress, _ = await follower.next(0, 10)
         assert [e.job.job_id for e in events] == [job.job_id] and progress == []
         update = ProgressUpdate(
             project_id="p", agent="x", job_id=job.job_id, seq=1, started_at=1.0, percent=40, message="m"
         )
         await a.publish_progress(update)
         with anyio.fail_after(WAIT):
-            events, progress = await follower.next(1, 10)
+            events, progress, _ = await follower.next(1, 10)
         assert events == [] and progress == [update]
 
 
@@ -237,7 +237,7 @@ async def test_a_follower_returns_when_the_epoch_changes_under_it(redis_server: 
         await store.check_epoch()  # what a lease round or a reconnect does
         await other.create_job(Job.new("p", "b"))  # seq 1 of the new log, below the old cursor
         with anyio.fail_after(WAIT):
-            events, progress = await follower.next(cursor, 10)
+            events, progress, _ = await follower.next(cursor, 10)
     assert store.epoch != epoch and (events, progress) == ([], [])
 
 

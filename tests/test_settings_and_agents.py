@@ -113,6 +113,7 @@ class RecordingContext:
     def __init__(self, demo_seconds: float = 0.0, cancel_after: int | None = None) -> None:
         self.demo_seconds = demo_seconds
         self.reports: list[tuple[Any, Any]] = []
+        self.streamed: list[str] = []
         self._cancelled = threading.Event()
         self._cancel_after = cancel_after
 
@@ -127,6 +128,19 @@ class RecordingContext:
 
     def sleep(self, seconds: float) -> bool:
         return self._cancelled.wait(seconds)
+
+    def stream(self, text: str) -> None:
+        self.streamed.append(text)
+
+    def on_cancel(self, callback: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("agent", [FinancialAgent(), PerformanceAgent()])
+def test_builtin_agents_stream_a_narrative_that_ends_with_their_summary(agent: Any) -> None:
+    ctx = RecordingContext()
+    result = agent.refresh("acme", ctx)
+    assert "".join(ctx.streamed).strip().endswith(result["summary"])
 
 
 @pytest.mark.parametrize("agent", [FinancialAgent(), PerformanceAgent()])

@@ -78,6 +78,7 @@ def test_job_records_round_trip() -> None:
         "finished_at", "elapsed_s", "progress", "cancel_requested", "result", "error",
         "priority", "started_by", "after", "runner", "queue",
         "attempt", "max_attempts", "retry_at", "attempts", "expected_s", "eta_s", "overdue",
+        "output", "output_truncated",
     }  # fmt: skip
     assert "requester" not in public  # the scheduler's name for the user may be an address: never shown
 
