@@ -53,7 +53,7 @@ class JobcastServer:
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         environ = {**os.environ, **(env or {})}
         self.process = subprocess.Popen(
-            [*(command or jobcast_command()), "serve", "--port", str(self.port), *args],
+            self.command_line(command or jobcast_command(), args),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=environ,
@@ -61,6 +61,9 @@ class JobcastServer:
             # ``ulimit -n``: the file descriptors the server may hold, as an operator's limit sets them
             preexec_fn=None if nofile is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)),
         )
+
+    def command_line(self, command: Sequence[str], args: Sequence[str]) -> list[str]:
+        return [*command, "serve", "--port", str(self.port), *args]
 
     @property
     def log(self) -> str:
@@ -109,22 +112,11 @@ def jobcast_server(
         server.stop()
 
 
-class JobcastWorker:
-    """A real ``jobcast worker`` process: no port; ready once it logs so."""
+class JobcastWorker(JobcastServer):
+    """A real ``jobcast worker`` process: no port; ready once it logs so. Stopped and killed like a server."""
 
-    def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [*jobcast_command(), "worker", *args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text()
+    def command_line(self, command: Sequence[str], args: Sequence[str]) -> list[str]:
+        return [*command, "worker", *args]
 
     def wait_ready(self) -> None:
         def ready() -> bool:
@@ -133,23 +125,6 @@ class JobcastWorker:
             return "jobcast worker ready" in self.log
 
         eventually(ready, what="jobcast worker ready")
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(WAIT)
-        self._log.close()
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(WAIT)
-        if not self._log.closed:
-            self._log.close()
-        return self.process.returncode
 
 
 @contextlib.contextmanager

@@ -169,21 +169,26 @@ async def test_max_queued_bounds_the_queue_but_a_join_still_succeeds(make_app: M
 # -- what a second refresh does -----------------------------------------------------------------
 
 
+async def at_once(app: Running, count: int, url: str, body: dict[str, str]) -> list[httpx.Response]:
+    """``count`` requests racing each other."""
+    answers: list[httpx.Response] = []
+
+    async def ask() -> None:
+        answers.append(await app.http.post(url, json=body))
+
+    async with anyio.create_task_group() as requests:
+        for _ in range(count):
+            requests.start_soon(ask)
+    return answers
+
+
 async def test_if_active_queue_adds_one_follow_up_even_when_twenty_ask_at_once(
     make_app: MakeApp, store_url: str
 ) -> None:
     async with scheduler_app(make_app, store_url, threads=4) as app:
         head = await refresh(app.http, "p", "gated")
         await gate_started()
-        async with anyio.create_task_group() as requests:
-            answers: list[httpx.Response] = []
-
-            async def ask() -> None:
-                url = "/api/projects/p/agents/gated/refresh"
-                answers.append(await app.http.post(url, json={"if_active": "queue"}))
-
-            for _ in range(20):
-                requests.start_soon(ask)
+        answers = await at_once(app, 20, "/api/projects/p/agents/gated/refresh", {"if_active": "queue"})
         assert sorted(answer.status_code for answer in answers) == [200] * 19 + [202]
         follow_ups = {answer.json()["job"]["job_id"] for answer in answers}
         assert len(follow_ups) == 1 and head["job_id"] not in follow_ups
@@ -203,15 +208,7 @@ async def test_if_active_replace_cancels_the_active_job_and_twenty_racing_leave_
     async with scheduler_app(make_app, store_url, threads=4) as app:
         head = await refresh(app.http, "p", "gated")
         await gate_started()
-        async with anyio.create_task_group() as requests:
-            answers: list[httpx.Response] = []
-
-            async def ask() -> None:
-                url = "/api/projects/p/agents/gated/refresh"
-                answers.append(await app.http.post(url, json={"if_active": "replace"}))
-
-            for _ in range(20):
-                requests.start_soon(ask)
+        answers = await at_once(app, 20, "/api/projects/p/agents/gated/refresh", {"if_active": "replace"})
         assert [answer.status_code for answer in answers] == [202] * 20
         (head_done,) = await wait_all(app, [head], "cancelled")
         new = [answer.json()["job"] for answer in answers]
