@@ -313,3 +313,25 @@ async def test_a_redis_that_cannot_save_to_a_full_disk_is_an_outage(tmp_path: Pa
         finally:
             admin.close()
             server.stop()
+
+
+async def test_a_queued_job_an_older_version_left_joins_the_queue_at_open(redis_server: RedisServer) -> None:
+    """Before the scheduler, Redis kept no queue index: such a job is indexed when a process opens the store."""
+    import json
+
+    import redis.asyncio as aioredis
+
+    url = redis_server.url()
+    job = Job.new("old", "x")
+    prefix = url.rpartition("prefix=")[2].rstrip(":") + ":" if "prefix=" in url else "jobcast:"
+    client = aioredis.Redis.from_url(url.partition("?")[0], decode_responses=True)
+    try:
+        await client.hset(
+            f"{prefix}job:{job.job_id}", mapping={"status": "queued", "record": json.dumps(job.to_record())}
+        )
+        await client.sadd(f"{prefix}active", job.job_id)
+        await client.hset(f"{prefix}active:old", "x", job.job_id)
+    finally:
+        await client.aclose()
+    async with opened(url) as store:
+        assert [queued.job_id for queued in (await store.queue_state()).queued] == [job.job_id]

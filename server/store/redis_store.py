@@ -446,8 +446,27 @@ class RedisStore(Store):
     async def open(self) -> None:
         try:
             await self._call(self.client.ping)
+            await self._call(self._index_waiting_jobs)
         except StoreUnavailable:
             pass  # already logged; the server starts and answers 503 until Redis is back
+
+    async def _index_waiting_jobs(self) -> None:
+        """Queued jobs an older jobcast left (it kept no queue index) join the queue, so they run rather than
+        wait forever. Any process may do it at start, any number of times: HSETNX changes nothing twice."""
+        ids = list(await self.client.smembers(self._key("active")))
+        if not ids:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(self._key("job", job_id), ["status", "record"])
+            rows = await pipe.execute()
+        waiting = [Job.from_record(json.loads(record)) for status, record in rows if status in WAITING and record]
+        if waiting:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for job in waiting:
+                    pipe.hsetnx(self._key("queued"), job.job_id, json.dumps(Queued.of(job).to_record()))
+                    pipe.hsetnx(self._key("job", job.job_id), "user", job.requester)
+                await pipe.execute()
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -882,6 +901,7 @@ def _plan(active: Sequence[Job], decision: Any, max_queued: int) -> str:
 
 
 WAITING_STATES = (JobStatus.QUEUED, JobStatus.RETRYING)
+WAITING = {status.value for status in WAITING_STATES}
 
 
 def _duration(job: Job) -> str:
