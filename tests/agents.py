@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -160,9 +161,10 @@ class _Nap:
             self.max_running = max_running
 
     def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        began = time.time()  # when the agent really ran: what a limit on running jobs bounds
         if ctx.sleep(ctx.demo_seconds):
             raise Cancelled
-        return {"project": project_id, "agent": self.name}
+        return {"project": project_id, "agent": self.name, "ran": [began, time.time()]}
 
 
 nap_a, nap_b, nap_c, nap_d, nap_e = (_Nap(f"nap_{letter}") for letter in "abcde")

@@ -49,10 +49,15 @@ def two_servers(args: list[str], tmp_path: Path) -> Iterator[tuple[JobcastServer
 
 
 def most_at_once(jobs: list[dict[str, Any]]) -> int:
-    """The most jobs of ``jobs`` running at one moment, from their started and finished times."""
+    """The most of ``jobs``' agents running at one moment, from the times each agent says it ran.
+
+    Not the records' ``started_at`` and ``finished_at``: those are stamped just before the start's atomic
+    write and just after the agent returns, so back-to-back jobs of one group seem to overlap by a moment.
+    """
     moments = []
     for job in jobs:
-        moments += [(job["started_at"], 1), (job["finished_at"], -1)]
+        began, ended = job["result"]["ran"]
+        moments += [(began, 1), (ended, -1)]
     running = peak = 0
     for _, change in sorted(moments, key=lambda moment: (moment[0], moment[1])):  # an end before a start at a tie
         running += change
