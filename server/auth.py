@@ -1,28 +1,36 @@
-"""Access tokens: minted and verified with the server's secret. Pure: no I/O, the clock is passed in.
+"""Access tokens: standard JWTs, verified with the server's keys. Pure: no I/O, the clock is passed in.
 
-A token is ``jc1.<payload>.<signature>``: the payload is compact JSON in base64url,
-``{"p": ["acme"] | "*", "r": ["read", "run"], "exp": <unix seconds>}``, and the
-signature is HMAC-SHA256 with the secret over ``jc1.<payload>``, in base64url. It is
-compared in constant time, before anything in the payload is trusted.
+A token is a JWT (RFC 7519) any backend can mint with its own JWT library::
+
+    {"sub": "alice@example.com", "iat": 1767225600, "exp": 1767229200,
+     "jobcast": {"projects": ["acme"], "rights": ["read", "run"]}}
+
+``jobcast`` is the one claim of jobcast's own: the projects the token covers (a list, or
+``"*"`` for every project) and its rights. ``exp`` is required; ``sub`` names the user (jobs
+it starts record it as ``started_by``). Signed HS256 with ``--secret``, or RS256 / ES256 by
+an identity service whose public key jobcast is given (``--jwt-public-key``): then jobcast
+only verifies. ``--jwt-audience`` and ``--jwt-issuer`` are checked when set. Only the
+algorithms of the configured keys are accepted, so ``alg: none`` and a token signed with
+the public key as an HMAC secret are refused like any forgery.
 
 Rights: ``read`` (state, history, every push transport) and ``run`` (start and cancel).
 
-Without a secret, :class:`Auth` is open: every request gets :data:`OPEN`, which may do
+Without a key, :class:`Auth` is open: every request gets :data:`OPEN`, which may do
 anything. That is how jobcast ran before tokens, and ``jobcast serve`` warns about it.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import hashlib
-import hmac
-import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .errors import AuthRequired, ConfigError, Forbidden, InvalidToken, TokenExpired
 
@@ -37,12 +45,14 @@ ALL_PROJECTS = "*"
 SUBPROTOCOL = "jobcast"
 #: a browser offers its token as the subprotocol ``jobcast.bearer.<token>``
 BEARER_SUBPROTOCOL = "jobcast.bearer."
-MIN_SECRET_LENGTH = 16
+MIN_SECRET_LENGTH = 32  # RFC 7518 §3.2: an HS256 key has at least 256 bits
 MAX_TTL_SECONDS = 366 * 24 * 3600.0
 
-_VERSION = "jc1"
-_MAX_TOKEN_LENGTH = 4096
-_SHAPE = re.compile(r"jc1\.([A-Za-z0-9_-]{1,4000})\.([A-Za-z0-9_-]{43})")
+#: the claim that holds a token's projects and rights
+CLAIM = "jobcast"
+HMAC_ALGORITHM = "HS256"
+
+_MAX_TOKEN_LENGTH = 8192
 _TTL = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd]?)")  # ASCII digits: \d would take "١"
 _SUBJECT = re.compile(r"[!-~]{1,128}")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -78,13 +88,60 @@ class Grant:
 OPEN = Grant(projects=None, rights=frozenset(RIGHTS), expires_at=None)
 
 
-class TokenSigner:
-    """Mints and verifies tokens with one secret."""
+@dataclasses.dataclass(frozen=True)
+class Claims:
+    """What the registered claims ``aud`` and ``iss`` must be, when the server sets them."""
 
-    def __init__(self, secret: str) -> None:
-        if len(secret) < MIN_SECRET_LENGTH:
-            raise ConfigError(f"the secret must be at least {MIN_SECRET_LENGTH} characters long")
-        self._key = secret.encode()
+    audience: str | None = None
+    issuer: str | None = None
+
+
+class TokenVerifier:
+    """Verifies tokens with the server's keys: an HMAC secret, an identity service's public key, or both."""
+
+    def __init__(self, keys: Mapping[str, Any], expected: Claims = Claims()) -> None:
+        if not keys:
+            raise ConfigError("a token verifier needs a key")
+        self._keys = dict(keys)  # algorithm -> key: a token naming any other algorithm is refused
+        self.expected = expected
+
+    def __repr__(self) -> str:
+        return f"TokenVerifier(algorithms={sorted(self._keys)})"
+
+    def verify(self, token: str, now: float) -> Grant:
+        """The token's grant; InvalidToken unless its signature and claims hold, TokenExpired past ``exp``."""
+        if len(token) > _MAX_TOKEN_LENGTH:
+            raise InvalidToken()
+        try:
+            algorithm = jwt.get_unverified_header(token).get("alg")
+            if not isinstance(algorithm, str) or algorithm not in self._keys:
+                raise InvalidToken()
+            key = self._keys[algorithm]
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                audience=self.expected.audience,
+                issuer=self.expected.issuer,
+                # the times are checked below against the caller's clock
+                options={"require": ["exp"], "verify_exp": False, "verify_iat": False, "verify_nbf": False},
+            )
+        except jwt.PyJWTError:
+            raise InvalidToken() from None
+        grant = _grant(claims, key=hashlib.sha256(token.encode()).hexdigest()[:32])
+        if _number(claims.get("nbf", now)) > now:
+            raise InvalidToken()
+        if grant.expires_at is not None and now >= grant.expires_at:
+            raise TokenExpired()
+        return grant
+
+
+class TokenSigner(TokenVerifier):
+    """Mints (and verifies) HS256 tokens with the server's secret: what ``jobcast token`` does."""
+
+    def __init__(self, secret: str, expected: Claims = Claims()) -> None:
+        self._secret = checked_secret(secret)
+        super().__init__({HMAC_ALGORITHM: self._secret}, expected)
 
     def __repr__(self) -> str:
         return "TokenSigner(<secret>)"
@@ -95,38 +152,51 @@ class TokenSigner:
         """A token for ``projects`` (``["*"]`` for all) with ``rights``, valid ``ttl`` seconds from ``now``,
         naming ``subject`` (a user) if given."""
         claims: dict[str, Any] = {
-            "p": _project_claim(projects),
-            "r": _rights_claim(rights),
+            "iat": math.floor(now),
             "exp": round(now + _checked_ttl(ttl), 3),
+            CLAIM: {"projects": _project_claim(projects), "rights": list(_rights_claim(rights))},
         }
         if subject is not None:
             claims["sub"] = parse_subject(subject)
-        payload = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
-        return f"{_VERSION}.{payload}.{self._sign(payload)}"
+        if self.expected.audience is not None:
+            claims["aud"] = self.expected.audience
+        if self.expected.issuer is not None:
+            claims["iss"] = self.expected.issuer
+        return jwt.encode(claims, self._secret, algorithm=HMAC_ALGORITHM)
 
-    def verify(self, token: str, now: float) -> Grant:
-        """The token's grant; InvalidToken unless the signature matches, TokenExpired past its expiry."""
-        match = _SHAPE.fullmatch(token) if len(token) <= _MAX_TOKEN_LENGTH else None
-        if match is None or not hmac.compare_digest(match[2], self._sign(match[1])):
-            raise InvalidToken()
-        grant = _grant(_claims(match[1]), key=hashlib.sha256(token.encode()).hexdigest()[:32])
-        if grant.expires_at is not None and now >= grant.expires_at:
-            raise TokenExpired()
-        return grant
 
-    def _sign(self, payload: str) -> str:
-        return _b64(hmac.new(self._key, f"{_VERSION}.{payload}".encode(), hashlib.sha256).digest())
+def public_key_algorithm(pem: bytes) -> tuple[str, Any]:
+    """The JWT algorithm a PEM public key verifies (RS256 for RSA, ES256 for P-256), and the key."""
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except ValueError:
+        raise ConfigError("the --jwt-public-key file is not a PEM public key") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RS256", key
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return "ES256", key
+    raise ConfigError("the --jwt-public-key must be an RSA key (RS256) or a P-256 EC key (ES256)")
 
 
 class Auth:
-    """The server's rule: open (no secret), or a valid token on every request."""
+    """The server's rule: open (no key), or a valid token on every request."""
 
-    def __init__(self, signer: TokenSigner | None) -> None:
-        self.signer = signer
+    def __init__(self, verifier: TokenVerifier | None) -> None:
+        self.verifier = verifier
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Auth:
-        return cls.from_secret(settings.secret, require=settings.require_auth)
+        keys: dict[str, Any] = {}
+        if settings.secret:
+            keys[HMAC_ALGORITHM] = checked_secret(settings.secret)
+        if settings.jwt_public_key:
+            algorithm, key = public_key_algorithm(_read_key_file(settings.jwt_public_key))
+            keys[algorithm] = key
+        if not keys:
+            if settings.require_auth:
+                raise ConfigError("--require-auth is set but there is no --secret or --jwt-public-key")
+            return cls(None)
+        return cls(TokenVerifier(keys, Claims(settings.jwt_audience, settings.jwt_issuer)))
 
     @classmethod
     def from_secret(cls, secret: str | None, *, require: bool = False) -> Auth:
@@ -138,16 +208,30 @@ class Auth:
 
     @property
     def open(self) -> bool:
-        return self.signer is None
+        return self.verifier is None
 
     def authenticate(self, authorization: str | None, subprotocols: Sequence[str], now: float) -> Grant:
         """The grant of a request, from its Authorization header or else its WebSocket subprotocols."""
-        if self.signer is None:
+        if self.verifier is None:
             return OPEN
         token = bearer_token(authorization) or subprotocol_token(subprotocols)
         if token is None:
             raise AuthRequired()
-        return self.signer.verify(token, now)
+        return self.verifier.verify(token, now)
+
+
+def checked_secret(secret: str) -> bytes:
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise ConfigError(f"the secret must be at least {MIN_SECRET_LENGTH} characters long")
+    return secret.encode()
+
+
+def _read_key_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read(64 * 1024)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the --jwt-public-key file {path}: {exc.strerror or exc}") from None
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -210,30 +294,25 @@ def _rights_claim(rights: Iterable[str]) -> tuple[str, ...]:
     return tuple(right for right in RIGHTS if right in chosen)
 
 
-def _claims(payload: str) -> dict[str, Any]:
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (ValueError, binascii.Error):
-        raise InvalidToken() from None
-    if not isinstance(claims, dict):
-        raise InvalidToken()
-    return claims
-
-
 def _grant(claims: dict[str, Any], key: str) -> Grant:
-    projects, rights, expires, subject = claims.get("p"), claims.get("r"), claims.get("exp"), claims.get("sub")
-    if not isinstance(expires, int | float) or isinstance(expires, bool) or not math.isfinite(expires):
+    access, expires, subject = claims.get(CLAIM), claims.get("exp"), claims.get("sub")
+    if not isinstance(access, dict):
         raise InvalidToken()
+    projects, rights = access.get("projects"), access.get("rights")
+    expires_at = _number(expires)
     if subject is not None and not (isinstance(subject, str) and _SUBJECT.fullmatch(subject)):
         raise InvalidToken()
     if not isinstance(rights, list) or not rights or not all(right in RIGHTS for right in rights):
         raise InvalidToken()
     if projects == ALL_PROJECTS:
-        return Grant(None, frozenset(rights), float(expires), key, subject)
+        return Grant(None, frozenset(rights), expires_at, key, subject)
     if not isinstance(projects, list) or not all(isinstance(p, str) for p in projects):
         raise InvalidToken()
-    return Grant(frozenset(projects), frozenset(rights), float(expires), key, subject)
+    return Grant(frozenset(projects), frozenset(rights), expires_at, key, subject)
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+def _number(value: object) -> float:
+    """A NumericDate claim; InvalidToken for anything else."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise InvalidToken()
+    return float(value)

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .auth import ALL_PROJECTS, RIGHTS, TokenSigner, parse_rights, parse_subject, parse_ttl
+from .auth import ALL_PROJECTS, RIGHTS, Claims, TokenSigner, parse_rights, parse_subject, parse_ttl
 from .errors import ConfigError
 from .runner import host_port, run_server
 from .settings import Settings, argparse_type, build_serve_parser
@@ -50,7 +50,8 @@ def _add_token_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     token = commands.add_parser(
         "token",
         help="mint an access token",
-        description="Mint an access token for a server started with the same secret. Prints only the token.",
+        description="Mint an access token (an HS256 JWT) for a server started with the same secret. "
+        "Prints only the token.",
     )
     token.add_argument("--secret", help="the server's secret (env JOBCAST_SECRET; prefer the variable)")
     token.add_argument(
@@ -70,6 +71,8 @@ def _add_token_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     token.add_argument(
         "--ttl", type=argparse_type(parse_ttl), default=3600.0, help="lifetime: 90s, 30m, 1h, 7d (default 1h)"
     )
+    token.add_argument("--audience", help="the 'aud' claim (default: the server's JOBCAST_JWT_AUDIENCE)")
+    token.add_argument("--issuer", help="the 'iss' claim (default: the server's JOBCAST_JWT_ISSUER)")
     token.add_argument(
         "--subject",
         type=argparse_type(parse_subject),
@@ -118,10 +121,13 @@ def _refuse(reason: str, code: int) -> int:
 def mint_token(options: argparse.Namespace) -> int:
     """``jobcast token``: print one token and nothing else."""
     try:
-        secret = options.secret or Settings.from_env().secret
+        server = Settings.from_env()
+        secret = options.secret or server.secret
         if not secret:
             raise ConfigError("no secret: pass --secret or set JOBCAST_SECRET")
-        token = TokenSigner(secret).mint(options.projects, options.rights, options.ttl, time.time(), options.subject)
+        expected = Claims(options.audience or server.jwt_audience, options.issuer or server.jwt_issuer)
+        signer = TokenSigner(secret, expected)
+        token = signer.mint(options.projects, options.rights, options.ttl, time.time(), options.subject)
     except (ConfigError, ValueError) as exc:
         print(f"jobcast: error: {exc}", file=sys.stderr)
         return 2

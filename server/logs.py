@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable
 REDACTED = "[redacted]"
 
 _PATTERNS = (
-    # a jobcast token, wherever it appears
-    (re.compile(r"jc1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"), REDACTED),
+    # a JWT (a base64url JSON header, "eyJ", then payload and signature), wherever it appears
+    (re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), REDACTED),
     # a browser's token subprotocol, whatever its shape
     (re.compile(r"(jobcast\.bearer\.)[^,\s\"']+"), rf"\g<1>{REDACTED}"),
     # an Authorization header as a debug log prints it ("< authorization: Bearer ..."), and any bearer value

@@ -138,7 +138,12 @@ class Settings:
         (), _origin_list, "comma-separated browser origins allowed besides the server's own"
     )
     secret: str | None = option(None, str, "signing key for access tokens; without one jobcast runs open", secret=True)
-    require_auth: bool = option(False, _boolean, "refuse to start without --secret", flag=True)
+    jwt_public_key: str | None = option(
+        None, str, "PEM public key file (RSA for RS256, P-256 for ES256) of an identity service that mints tokens"
+    )
+    jwt_audience: str | None = option(None, str, "the 'aud' every token must carry")
+    jwt_issuer: str | None = option(None, str, "the 'iss' every token must carry")
+    require_auth: bool = option(False, _boolean, "refuse to start without --secret or --jwt-public-key", flag=True)
     max_connections_per_client: int = option(50, _positive_int, "open WebSockets and streams per client address")
     starts_per_minute: int = option(30, _positive_int, "job starts one token may make per minute (with --secret)")
     ws_messages_per_second: int = option(20, _positive_int, "messages a WebSocket client may send per second")

@@ -6,6 +6,7 @@ log for all of them at the end.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import json
@@ -14,14 +15,15 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
+import jwt
 import websockets
 from websockets.asyncio.client import ClientConnection
 
 from jobcast.server.auth import TokenSigner
 from tests.support import WAIT
 
-SECRET = "s3cret-for-tests-only-0123456789"
-OTHER_SECRET = "another-secret-entirely-9876543210"
+SECRET = "s3cret-for-tests-only-0123456789-abcdef"
+OTHER_SECRET = "another-secret-entirely-9876543210-xyz"
 READ_RUN = ("read", "run")
 
 
@@ -47,6 +49,13 @@ class Tokens:
         prefix, _, signature = self.mint(("acme",)).split(".")
         payload = TokenSigner(OTHER_SECRET).mint(("*",), READ_RUN, 600, time.time()).split(".")[1]
         return self._keep(f"{prefix}.{payload}.{signature}")
+
+    def unsigned(self, projects: Sequence[str] = ("*",)) -> str:
+        """A real token's claims re-sent with ``alg: none`` and no signature."""
+        claims = jwt.decode(self.mint(projects), options={"verify_signature": False})
+        header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+        body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+        return self._keep(f"{header}.{body}.")
 
     def _keep(self, token: str) -> str:
         self.minted.append(token)

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import logging
 import urllib.parse
+from pathlib import Path
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from jobcast.server.auth import OPEN, Auth, TokenSigner, bearer_token, parse_rights, parse_ttl, subprotocol_token
 from jobcast.server.errors import (
@@ -19,8 +27,24 @@ from jobcast.server.errors import (
 )
 from jobcast.server.limits import ConnectionCounter, RateLimiter, TokenBucket
 from jobcast.server.logs import Redactor, ThrottleFloods
+from jobcast.server.settings import Settings
 
-SECRET = "unit-test-secret-0123456789"
+SECRET = "unit-test-secret-0123456789-abcdef"
+OTHER_SECRET = "another-secret-0123456789-abcdefgh"
+
+
+def claims_of(token: str) -> dict[str, object]:
+    claims: dict[str, object] = jwt.decode(token, options={"verify_signature": False})
+    return claims
+
+
+def unsigned(claims: dict[str, object]) -> str:
+    """A token with ``alg: none`` and no signature, as an attacker writes it by hand."""
+    header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+    body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{body}."
+
+
 NOW = 1_800_000_000.0
 
 
@@ -41,12 +65,15 @@ def test_a_token_round_trips_its_projects_rights_and_expiry() -> None:
     "mangle",
     [
         lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),  # the signature
-        lambda t: t.replace("jc1.", "jc2.", 1),  # the version
-        lambda t: t + "=",  # padding is not part of the format
         lambda t: t.split(".")[0] + "." + t.split(".")[1],  # no signature
         lambda t: t + "." + t,  # too many parts
-        lambda t: "jc1." + "A" * 5000 + "." + t.split(".")[2],  # too long
-        lambda t: TokenSigner("another-secret-0123456789").mint(["*"], ["read", "run"], 60, NOW),
+        lambda t: t.split(".")[0] + "." + "A" * 9000 + "." + t.split(".")[2],  # too long
+        lambda t: TokenSigner(OTHER_SECRET).mint(["*"], ["read", "run"], 60, NOW),
+        lambda t: unsigned(claims_of(t)),  # alg: none
+        lambda t: jwt.encode(claims_of(t), SECRET * 2, algorithm="HS512"),  # an algorithm the server did not choose
+        lambda t: jwt.encode({**claims_of(t), "jobcast": {"projects": "*"}}, SECRET),  # no rights
+        lambda t: jwt.encode({k: v for k, v in claims_of(t).items() if k != "exp"}, SECRET),  # no expiry
+        lambda t: jwt.encode({**claims_of(t), "nbf": NOW + 30}, SECRET),  # not valid yet
     ],
 )
 def test_any_change_to_a_token_makes_it_invalid(mangle: object) -> None:
@@ -56,12 +83,57 @@ def test_any_change_to_a_token_makes_it_invalid(mangle: object) -> None:
         signer().verify(mangle(token), NOW)  # type: ignore[operator]
 
 
+def test_a_backend_mints_a_token_with_pyjwt_alone() -> None:
+    """The documented claims, signed HS256 with the server's secret by any JWT library, are a token."""
+    claims = {"sub": "alice@example.com", "iat": NOW, "exp": NOW + 600,
+              "jobcast": {"projects": ["acme"], "rights": ["read", "run"]}}  # fmt: skip
+    grant = Auth.from_secret(SECRET).authenticate(f"Bearer {jwt.encode(claims, SECRET, algorithm='HS256')}", [], NOW)
+    assert (grant.projects, grant.rights, grant.subject) == ({"acme"}, {"read", "run"}, "alice@example.com")
+    assert claims_of(signer().mint(["acme"], ["read"], 60, NOW, subject="bob")) == {
+        "sub": "bob", "iat": NOW, "exp": NOW + 60, "jobcast": {"projects": ["acme"], "rights": ["read"]},
+    }  # fmt: skip
+
+
+def public_key_auth(tmp_path: Path, private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, **settings: str) -> Auth:
+    pem = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "public.pem").write_bytes(pem)
+    return Auth.from_settings(Settings(jwt_public_key=str(tmp_path / "public.pem"), **settings))
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
+def test_an_identity_services_tokens_are_verified_with_its_public_key_only(tmp_path: Path, algorithm: str) -> None:
+    """RS256 / ES256 tokens verify with --jwt-public-key; the public key used as an HMAC secret is a forgery."""
+    private = rsa.generate_private_key(65537, 2048) if algorithm == "RS256" else ec.generate_private_key(ec.SECP256R1())
+    auth = public_key_auth(tmp_path, private)
+    claims = {"sub": "carol", "exp": NOW + 60, "jobcast": {"projects": "*", "rights": ["read"]}}
+    assert auth.authenticate(f"Bearer {jwt.encode(claims, private, algorithm=algorithm)}", [], NOW).projects is None
+    public_pem = (tmp_path / "public.pem").read_bytes()
+    confused = jwt.encode(claims, "placeholder-secret-0123456789-abcdef", algorithm="HS256").rsplit(".", 1)[0]
+    mac = hmac.new(public_pem, confused.encode(), hashlib.sha256).digest()
+    confused += "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    for forged in (confused, unsigned(claims), jwt.encode(claims, SECRET, algorithm="HS256")):
+        with pytest.raises(InvalidToken):
+            auth.authenticate(f"Bearer {forged}", [], NOW)
+
+
+def test_audience_and_issuer_are_checked_when_set(tmp_path: Path) -> None:
+    """With --jwt-audience/--jwt-issuer a token must carry both, exactly; jobcast token mints them."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    auth = public_key_auth(tmp_path, private, jwt_audience="jobcast", jwt_issuer="https://id.example.com")
+    base = {"exp": NOW + 60, "jobcast": {"projects": ["acme"], "rights": ["read"]}}
+    good = {**base, "aud": "jobcast", "iss": "https://id.example.com"}
+    assert auth.authenticate(f"Bearer {jwt.encode(good, private, algorithm='ES256')}", [], NOW).covers("acme")
+    for claims in (base, {**good, "aud": "other"}, {**good, "iss": "https://evil.example.com"}):
+        with pytest.raises(InvalidToken):
+            auth.authenticate(f"Bearer {jwt.encode(claims, private, algorithm='ES256')}", [], NOW)
+
+
 def test_a_token_expires_at_its_expiry_and_only_a_valid_one_says_so() -> None:
     """At its expiry a token is token_expired; a forged expired one is invalid_token, not expired."""
     token = signer().mint(["acme"], ["read"], 60, NOW)
     with pytest.raises(TokenExpired):
         signer().verify(token, NOW + 60)
-    forged = TokenSigner("another-secret-0123456789").mint(["acme"], ["read"], 60, NOW - 3600)
+    forged = TokenSigner(OTHER_SECRET).mint(["acme"], ["read"], 60, NOW - 3600)
     with pytest.raises(InvalidToken):
         signer().verify(forged, NOW)
 
@@ -91,7 +163,7 @@ def test_auth_reads_the_header_then_the_subprotocol_and_is_open_without_a_secret
     assert Auth.from_secret(None).authenticate(None, [], NOW) is OPEN
     with pytest.raises(ConfigError, match="require-auth"):
         Auth.from_secret(None, require=True)
-    with pytest.raises(ConfigError, match="16 characters"):
+    with pytest.raises(ConfigError, match="32 characters"):
         Auth.from_secret("short")
     assert "unit-test" not in repr(signer())
 
@@ -153,9 +225,9 @@ def test_the_redactor_blanks_tokens_headers_credentials_and_the_secret() -> None
         ("< %s: %s", ("sec-websocket-protocol", "jobcast, jobcast.bearer.opaque-value")),
         ("secret is %s", (SECRET,)),
         ("%s", ("/x?access_token=opaque-value&after=3",)),
-        ("%s", ("/x?foo=jc1%2Eopaque-value%2Eopaque-value",)),
-        ("%s", ("/x?foo=jc1%252Eopaque-value%252Eopaque-value",)),  # encoded twice
-        ("%s", ("/x?foo=" + "".join(f"%{byte:02X}" for byte in b"jc1.opaque-value.opaque-value"),)),
+        ("%s", ("/x?foo=eyJ0%2Eopaque-value%2Eopaque-value",)),
+        ("%s", ("/x?foo=eyJ0%252Eopaque-value%252Eopaque-value",)),  # encoded twice
+        ("%s", ("/x?foo=" + "".join(f"%{byte:02X}" for byte in b"eyJ0.opaque-value.opaque-value"),)),
         ("%s", ("/x?s=" + SECRET.replace("-", "%2D").replace("a", "%61"),)),
     ]:
         record = logging.LogRecord("uvicorn.error", 10, "", 0, msg, args, None)
