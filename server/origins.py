@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from starlette._utils import get_route_path
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -37,7 +38,7 @@ def fetched_by_another_site(scope: Scope) -> bool:
     if headers.get("sec-fetch-site") not in _OTHER_SITE:
         return False  # same-origin, a typed URL or bookmark ("none"), or not a browser
     navigation = headers.get("sec-fetch-mode") == "navigate" and scope.get("method") == "GET"
-    return not navigation or bool(_STARTS_ON_GET.fullmatch(scope["path"]))
+    return not navigation or bool(_STARTS_ON_GET.fullmatch(get_route_path(scope)))
 
 
 def origin_allowed(scope: Scope, origin: str | None, allowed: Sequence[str]) -> bool:
@@ -82,7 +83,8 @@ def origin_middleware(allowed: Sequence[str]) -> list[Middleware]:
                 CORSMiddleware,
                 allow_origins=list(allowed),
                 allow_methods=["GET", "POST"],
-                allow_headers=["authorization", "last-event-id"],
+                # a refresh's JSON body is sent as application/json, which needs a preflight too
+                allow_headers=["authorization", "content-type", "last-event-id"],
                 expose_headers=["retry-after"],
                 max_age=600,
             )

@@ -87,6 +87,7 @@ def uvicorn_config(app: object, settings: Settings, **overrides: Any) -> uvicorn
         # SSE streams and long-polls never end by themselves; without a limit uvicorn would wait on them forever.
         "timeout_graceful_shutdown": settings.shutdown_grace,
         "log_level": settings.log_level,
+        "root_path": settings.root_path,
         **overrides,
     }
     config = uvicorn.Config(app, **options)  # type: ignore[arg-type]

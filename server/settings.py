@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -90,6 +91,13 @@ def _origin_list(text: str) -> tuple[str, ...]:
     return origins
 
 
+def _root_path(text: str) -> str:
+    path = text.strip().rstrip("/")
+    if path and (not path.startswith("/") or not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", path)):
+        raise ValueError("a root path is like /jobcast: a '/' and letters, digits, '.', '_', '~' or '-'")
+    return path
+
+
 def option(default: Any, parse: Callable[[str], Any], help: str, *, flag: bool = False, secret: bool = False) -> Any:
     """One setting, declared once: its default, how its text parses, its help. The name gives
     ``--the-name`` and ``JOBCAST_THE_NAME``. ``flag``: a switch (``--flag``; true/false in the
@@ -155,6 +163,9 @@ class Settings:
         0, _non_negative_int, "running jobs one user (token subject, else client address) has at once (0: no limit)"
     )
     ws_compression: bool = option(False, _boolean, "offer permessage-deflate on WebSockets", flag=True)
+    root_path: str = option(
+        "", _root_path, "the path prefix a proxy serves jobcast under, like /jobcast (the proxy strips it)"
+    )
     app_dir: str = option(".", str, "folder that --agent modules are imported from, before installed packages")
     header_timeout: float = option(5.0, _positive_float, "seconds a connection has to send a request's headers")
     max_pending_connections: int = option(

@@ -2,7 +2,7 @@
 // each check("name", ...) as its own test. Returns every check's {name, ok, detail}.
 (async () => {
   const { apply, appendOutput, cardView, cursor, initialState, elapsedText, OFFLINE_REASON, outputCursor, queueText, etaText, retryText } = await import("/static/js/state.js");
-  const { backoffMs, pollMessages } = await import("/static/js/transport.js");
+  const { backoffMs, pollMessages } = await import("/jobcast.js");
   const results = [];
   const check = (name, ok, detail = "") => { results.push({ name, ok: Boolean(ok), detail: String(detail) }); };
 

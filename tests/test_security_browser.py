@@ -48,7 +48,7 @@ async ({ server, token }) => {
 #: the page's pure helpers: SSE frames read in chunks with fetch, and the token in a fragment
 PURE_CASES = """
 async () => {
-  const { sseMessages } = await import("/static/js/transport.js");
+  const { sseMessages } = await import("/jobcast.js");
   const { tokenFromFragment } = await import("/static/js/auth.js");
   const chunk = 'retry: 2000\\n\\nid: e:1\\nevent: job\\ndata: {"type":"job"}\\n\\n';
   const first = sseMessages(chunk + ': keep-alive\\n\\ndata: {"ty');

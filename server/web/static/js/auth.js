@@ -2,9 +2,10 @@
 // never send to the server, is kept in this tab's sessionStorage, and is removed from
 // the address bar at once so it is not bookmarked, shared or left in the history.
 //
-// HTTP calls send it as "Authorization: Bearer"; WebSockets cannot set headers, so the
-// page offers it as the subprotocol "jobcast.bearer.<token>" beside "jobcast", and the
-// server answers with "jobcast" alone.
+// jobcast.js sends it with every request and socket; the home page's own fetches use
+// authHeaders().
+
+export { AUTH_CODES } from "../../jobcast.js";
 
 const KEY = "jobcast.token";
 
@@ -29,13 +30,6 @@ export function authHeaders(extra = {}) {
   return current ? { ...extra, Authorization: `Bearer ${current}` } : { ...extra };
 }
 
-export function webSocketProtocols() {
-  const current = token();
-  return current ? ["jobcast", `jobcast.bearer.${current}`] : [];
-}
-
-// The codes of refusals no reconnect can cure: a new token is needed.
-export const AUTH_CODES = new Set(["auth_required", "invalid_token", "token_expired", "forbidden"]);
 
 export function authMessage(code) {
   if (code === "token_expired") return "Your access token has expired: open the page with a new #token=… link.";

@@ -4,6 +4,8 @@ import { AUTH_CODES, authHeaders, authMessage } from "./auth.js";
 import { el } from "./render.js";
 
 const PROJECT_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+// the server's base URL, behind a proxy's --root-path too: this module is at <base>/static/js/
+const BASE = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
 
 document.getElementById("open").addEventListener("submit", (event) => {
   event.preventDefault();
@@ -14,14 +16,14 @@ document.getElementById("open").addEventListener("submit", (event) => {
     error.textContent = "A project id is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit.";
     return;
   }
-  location.href = `/projects/${encodeURIComponent(id)}`;
+  location.href = `${BASE}/projects/${encodeURIComponent(id)}`;
 });
 
 // Every failure ends as an Error whose message the page can show: no server, an error answer, a body that is not JSON.
 async function getJson(path) {
   let response;
   try {
-    response = await fetch(path, { headers: authHeaders() });
+    response = await fetch(BASE + path, { headers: authHeaders() });
   } catch (error) {
     throw new Error(`cannot reach the server (${error.message})`);
   }
@@ -48,7 +50,7 @@ async function load() {
   document.getElementById("empty").hidden = projects.length > 0;
   const list = document.getElementById("projects");
   for (const id of projects.slice(0, 100)) {
-    const item = el("li", {}, el("a", { href: `/projects/${encodeURIComponent(id)}`, text: id }));
+    const item = el("li", {}, el("a", { href: `${BASE}/projects/${encodeURIComponent(id)}`, text: id }));
     list.append(item);
     try {
       const status = await getJson(`/api/projects/${encodeURIComponent(id)}`);

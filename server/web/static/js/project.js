@@ -1,12 +1,13 @@
-// The project page: wires the connection, the state and the cards together.
+// The project page: jobcast.js follows the project; this page draws its state as cards.
 
-import { authHeaders, authMessage } from "./auth.js";
-import { ONLINE, OFFLINE_REASON, apply, cursor, initialState, outputCursor } from "./state.js";
-import { Connection } from "./transport.js";
+import { connect } from "../../jobcast.js";
+import { authMessage, token } from "./auth.js";
+import { ONLINE, OFFLINE_REASON } from "./state.js";
 import { el, ensureCards, updateCard } from "./render.js";
 
 const projectId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
-let state = initialState(projectId);
+// the server's base URL, behind a proxy's --root-path too: this module is at <base>/static/js/
+const server = new URL("../..", import.meta.url).href;
 let link = ONLINE; // {offline, offlineSinceMs}: whether what the page shows is current
 
 const cards = document.getElementById("cards");
@@ -16,22 +17,20 @@ const toasts = document.getElementById("toasts");
 document.title = `${projectId} · jobcast`;
 document.getElementById("project-name").textContent = projectId;
 
-const connection = new Connection({
-  projectId,
-  getCursor: () => cursor(state),
-  getOutputCursor: () => outputCursor(state),
-  onMessage,
-  onAuthFailure: (code) => {
+const project = connect({ url: server, project: projectId, token: token() });
+
+project.on("status", ({ status, transport, code }) => {
+  document.body.dataset.connection = status;
+  document.body.dataset.transport = transport;
+  document.getElementById("connection").textContent = CONNECTION_TEXT[status](transport);
+  if (status === "offline") setOffline(true);
+  else if (status === "live" || status === "fallback") setOffline(false);
+  else if (status === "unauthorized") {
     toasts.append(el("div", { class: "toast bad", role: "alert", "data-auth": code, text: authMessage(code) }));
-  },
-  onStatus: (status, transport) => {
-    document.body.dataset.connection = status;
-    document.body.dataset.transport = transport;
-    document.getElementById("connection").textContent = CONNECTION_TEXT[status](transport);
-    if (status === "offline") setOffline(true);
-    else if (status === "live" || status === "fallback") setOffline(false);
-  },
+  }
 });
+project.on("change", onChange);
+project.on("finished", notify);
 
 function setOffline(offline) {
   if (link.offline === offline) return;
@@ -48,19 +47,20 @@ const CONNECTION_TEXT = {
   fallback: (transport) => `Live over ${transport === "sse" ? "Server-Sent Events" : "long-poll"}`,
   offline: () => "Offline, reconnecting…",
   unauthorized: () => "Not authorised",
+  closed: () => "Closed",
 };
 
-function onMessage(message) {
-  const before = state;
-  const { state: next, effects } = apply(state, message);
-  state = next;
+let shown = project.state; // what the cards last showed, to announce what changed
+
+function onChange(state) {
   ensureCards(cards, Object.keys(state.agents), { refresh, cancel });
   render();
-  for (const effect of effects) notify(effect);
-  announceChanges(before, next);
+  announceChanges(shown, state);
+  shown = state;
 }
 
 function render(nowMs = Date.now()) {
+  const state = project.state;
   for (const name of Object.keys(state.agents)) {
     const card = cards.querySelector(`[data-agent="${CSS.escape(name)}"]`);
     if (card) updateCard(card, state, name, nowMs, link);
@@ -88,19 +88,11 @@ function notify(effect) {
 // Every failure a click can meet (no server, an error answer, a body that is not JSON) ends as a
 // visible message, never as an uncaught rejection.
 async function post(name, action) {
-  let response;
   try {
-    response = await fetch(`/api/projects/${encodeURIComponent(projectId)}/agents/${encodeURIComponent(name)}/${action}`, {
-      method: "POST",
-      headers: authHeaders(),
-    });
+    await project[action](name);
   } catch (error) {
-    failed(name, action, `could not reach the server (${error.message}); try again once it is back`);
-    return;
-  }
-  if (!response.ok) {
-    const body = await response.json().catch(() => ({}));
-    failed(name, action, body.error?.message ?? `the server answered ${response.status}`);
+    const hint = error.code === "unreachable" ? "; try again once it is back" : "";
+    failed(name, action, `${error.message}${hint}`);
   }
 }
 
@@ -119,5 +111,4 @@ function cancel(name) {
 }
 
 setInterval(render, 250); // elapsed time ticks from started_at and the server clock offset
-connection.start();
-window.jobcast = { get state() { return state; }, connection };
+window.jobcast = project; // for a developer's console

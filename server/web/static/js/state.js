@@ -1,149 +1,10 @@
-// The dashboard's state, and the one pure function that changes it: apply(state, message).
-// No DOM and no I/O here, so the rules can be tested on their own.
+// The dashboard's view of a project: what each card shows, from the state that jobcast.js
+// keeps (the same client any page can import: one client, not two). No DOM and no I/O here,
+// so the rules can be tested on their own.
 
-export const FINAL = new Set(["completed", "failed", "cancelled", "timed_out"]);
-export const ACTIVE = new Set(["queued", "running", "retrying"]);
+import { ACTIVE } from "../../jobcast.js";
 
-export function initialState(projectId) {
-  return {
-    projectId,
-    epoch: null,
-    seq: 0,
-    agents: {}, // name -> {job, last_result, last_result_at}
-    progress: {}, // job_id -> {percent, message, elapsed_s, at}
-    queue: {}, // job_id -> {position, waiting_for, detail}: where a queued job stands
-    output: {}, // job_id -> {attempt, text}: what a running job streamed so far, applied by offset
-    clockOffsetMs: 0, // server clock minus ours
-  };
-}
-
-// Returns {state, effects}. Effects are what the page should announce: one per job
-// that reached a final state while we watched, never twice for the same job.
-export function apply(state, message, receivedAtMs = Date.now()) {
-  switch (message.type) {
-    case "snapshot":
-      return applySnapshot(state, message, receivedAtMs);
-    case "welcome":
-      return { state: { ...state, epoch: message.epoch }, effects: [] };
-    case "job":
-      return applyJob(state, message);
-    case "progress":
-      return applyProgress(state, message, receivedAtMs);
-    case "queue":
-      return applyQueue(state, message);
-    case "output":
-      return applyOutput(state, message);
-    default:
-      return { state, effects: [] };
-  }
-}
-
-function applySnapshot(state, message, receivedAtMs) {
-  const effects = [];
-  for (const [name, next] of Object.entries(message.agents)) {
-    const before = state.agents[name]?.job;
-    if (before && next.job && before.job_id === next.job.job_id && ACTIVE.has(before.status) && FINAL.has(next.job.status)) {
-      effects.push(finished(next.job)); // it ended while we were away
-    }
-  }
-  const serverTime = Date.parse(message.server_time);
-  return {
-    state: {
-      ...state,
-      epoch: message.epoch,
-      seq: message.seq,
-      agents: structuredClone(message.agents),
-      progress: {},
-      queue: placesOf(message.agents),
-      output: keptOutput(state.output, message.agents),
-      clockOffsetMs: Number.isNaN(serverTime) ? state.clockOffsetMs : serverTime - receivedAtMs,
-    },
-    effects,
-  };
-}
-
-function applyJob(state, message) {
-  if (message.epoch === state.epoch && message.seq <= state.seq) {
-    return { state, effects: [] }; // already applied: never show a transition twice
-  }
-  const job = message.job;
-  const current = state.agents[message.agent] ?? { job: null, last_result: null, last_result_at: null };
-  if (isOlder(job, current.job)) {
-    // A card shows its agent's newest job; an older one (replaced, or followed up) ends out of view.
-    return { state: { ...state, epoch: message.epoch, seq: message.seq }, effects: [] };
-  }
-  const next = { ...current, job };
-  if (job.status === "completed") {
-    next.last_result = job.result;
-    next.last_result_at = job.finished_at;
-  }
-  const progress = { ...state.progress };
-  if (FINAL.has(job.status)) delete progress[job.job_id];
-  const wasFinal = current.job && current.job.job_id === job.job_id && FINAL.has(current.job.status);
-  const effects = FINAL.has(job.status) && !wasFinal ? [finished(job)] : [];
-  return {
-    state: { ...state, epoch: message.epoch, seq: message.seq, agents: { ...state.agents, [message.agent]: next }, progress },
-    effects,
-  };
-}
-
-function applyProgress(state, message, receivedAtMs) {
-  const job = state.agents[message.agent]?.job;
-  if (!job || job.job_id !== message.job_id || job.status !== "running") {
-    return { state, effects: [] }; // about a job we do not know as running: ignore
-  }
-  const entry = {
-    percent: message.percent, message: message.message, elapsed_s: message.elapsed_s, at: receivedAtMs,
-    eta_s: message.eta_s ?? null, overdue: Boolean(message.overdue),
-  };
-  return { state: { ...state, progress: { ...state.progress, [message.job_id]: entry } }, effects: [] };
-}
-
-function isOlder(job, shown) {
-  return Boolean(shown) && shown.job_id !== job.job_id && String(job.created_at) < String(shown.created_at);
-}
-
-// Output is applied by offset: text the page has already is skipped, and a new attempt starts over.
-// A chunk that would leave a gap cannot happen (the server sends what a joiner lacks from offset 0).
-export function appendOutput(have, message) {
-  const current = have && have.attempt === message.attempt ? have : { attempt: message.attempt, text: "" };
-  if (message.offset > current.text.length) return current; // a gap: never sent; ignore rather than corrupt
-  const text = current.text.slice(0, message.offset) + message.text;
-  return text.length >= current.text.length ? { attempt: message.attempt, text } : current;
-}
-
-function applyOutput(state, message) {
-  const next = appendOutput(state.output[message.job_id], message);
-  return { state: { ...state, output: { ...state.output, [message.job_id]: next } }, effects: [] };
-}
-
-// After a snapshot, keep the output of jobs still active (the server resends it from offset 0 anyway).
-function keptOutput(output, agents) {
-  const kept = {};
-  for (const entry of Object.values(agents)) {
-    const job = entry.job;
-    if (job && ACTIVE.has(job.status) && output?.[job.job_id]) kept[job.job_id] = output[job.job_id];
-  }
-  return kept;
-}
-
-// For the long-poll: "JOB.ATTEMPT.LENGTH,..." of the output the page has.
-export function outputCursor(state) {
-  return Object.entries(state.output ?? {}).map(([jobId, have]) => `${jobId}.${have.attempt}.${have.text.length}`).join(",");
-}
-
-function applyQueue(state, message) {
-  const place = { position: message.position, waiting_for: message.waiting_for, detail: message.detail };
-  return { state: { ...state, queue: { ...state.queue, [message.job_id]: place } }, effects: [] };
-}
-
-function placesOf(agents) {
-  const places = {};
-  for (const entry of Object.values(agents)) {
-    if (entry.job && entry.job.queue) places[entry.job.job_id] = entry.job.queue;
-  }
-  return places;
-}
+export { ACTIVE, FINAL, appendOutput, apply, cursor, initialState, outputCursor } from "../../jobcast.js";
 
 const ORDINALS = { 1: "st", 2: "nd", 3: "rd" };
 const LIMITS = { project_limit: "project", agent_limit: "agent", user_limit: "user" };
@@ -165,14 +26,6 @@ export function queueText(place) {
     reason = "the job before it to end";
   }
   return `Queued: ${where}, waiting for ${reason}`;
-}
-
-function finished(job) {
-  return { kind: "finished", agent: job.agent, jobId: job.job_id, status: job.status, error: job.error };
-}
-
-export function cursor(state) {
-  return state.epoch === null ? null : { epoch: state.epoch, after: state.seq };
 }
 
 export const ONLINE = Object.freeze({ offline: false, offlineSinceMs: null });
