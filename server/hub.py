@@ -112,9 +112,20 @@ class Hub:
         try:
             await self.join(project_id, waiter)
             channel = self._channels.get(project_id)
+            if channel is None:
+                return False
+            woken = False
             with anyio.move_on_after(timeout):
-                return channel is not None and await channel.wait_past_or_moved(after)
-            return False
+                async with anyio.create_task_group() as tasks:
+
+                    async def wake(news: Coroutine[Any, Any, Any]) -> None:
+                        nonlocal woken
+                        woken = bool(await news) or woken
+                        tasks.cancel_scope.cancel()
+
+                    tasks.start_soon(wake, channel.wait_past_or_moved(after))
+                    tasks.start_soon(wake, _progressed(waiter))
+            return woken
         finally:
             self.leave(project_id, waiter)
 
@@ -275,14 +286,27 @@ class Hub:
             self._forget_remote_progress(channel.project_id)
 
 
+async def _progressed(waiter: _Waiter) -> bool:
+    await waiter.progressed.wait()
+    return True
+
+
 class _Waiter(Subscriber):
-    """Keeps a channel open for a long-poll; it takes no messages, the long-poll reads the store."""
+    """Keeps a channel open for a long-poll; it takes no messages, the long-poll reads the store.
+    A running job's progress wakes it (``progressed``): a poller sees progress as it happens,
+    at most once per progress tick, not only with the next transition."""
+
+    __slots__ = ("progressed",)
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.progressed = anyio.Event()
 
     def push_event(self, seq: int, message: Message, job_id: str, final: bool) -> None:
         pass
 
     def push_progress(self, job_id: str, seq: int, message: Message) -> None:
-        pass
+        self.progressed.set()
 
     def push_output(self, chunk: OutputChunk, message: Message) -> None:
         pass
