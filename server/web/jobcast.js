@@ -17,7 +17,8 @@
 //
 // Tokens: the server closes a WebSocket with 1008 when its token expires, and answers 401
 // token_expired on HTTP. Given getToken(), the client asks for a fresh token a minute before
-// the current one expires (read from the JWT's "exp"), and again after such a refusal, then
+// the current one expires (read from the JWT's "exp"; a fifth of its life before, for short
+// tokens), and again after such a refusal, then
 // carries on from its cursor: a page stays live for hours. Without getToken() a refused
 // token stops the connection with status "unauthorized".
 
@@ -322,7 +323,9 @@ class TokenKeeper {
     clearTimeout(this.timer);
     const expiresAt = this.token && this.canRenew ? tokenExpiryMs(this.token) : null;
     if (expiresAt === null) return;
-    const delay = Math.min(MAX_TIMER_MS, Math.max(0, expiresAt - Date.now() - RENEW_MARGIN_MS));
+    const left = expiresAt - Date.now();
+    // a minute early, or a fifth of its life early for a short token; never a busy loop on an expired one
+    const delay = Math.min(MAX_TIMER_MS, Math.max(1000, left - Math.min(RENEW_MARGIN_MS, left / 5)));
     this.timer = setTimeout(() => this.renew(), delay);
   }
 
