@@ -2,7 +2,7 @@
 // each check("name", ...) as its own test. Returns every check's {name, ok, detail}.
 (async () => {
   const { apply, appendOutput, cardView, cursor, initialState, elapsedText, OFFLINE_REASON, outputCursor, queueText, etaText, retryText } = await import("/static/js/state.js");
-  const { backoffMs, pollMessages } = await import("/jobcast.js");
+  const { backoffMs, pollMessages, tokenExpiryMs } = await import("/jobcast.js");
   const results = [];
   const check = (name, ok, detail = "") => { results.push({ name, ok: Boolean(ok), detail: String(detail) }); };
 
@@ -62,6 +62,12 @@
 
   check("backoff grows and stays jittered within bounds",
     backoffMs(0, () => 0) === 250 && backoffMs(0, () => 1) === 500 && backoffMs(10, () => 1) === 10000);
+  const b64url = (text) => btoa(text).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  const jwtWith = (claims) => `${b64url('{"alg":"HS256"}')}.${b64url(JSON.stringify(claims))}.sig`;
+  check("a token's expiry is read from its JWT payload, in milliseconds",
+    tokenExpiryMs(jwtWith({ exp: 1767225600.5, sub: "alice" })) === 1767225600500);
+  check("a token without exp, or not a JWT, has no expiry to renew by",
+    tokenExpiryMs(jwtWith({ sub: "alice" })) === null && tokenExpiryMs("opaque") === null);
   const fromPoll = pollMessages({ epoch: "e1", seq: 7, recovered: true, events: [event(7, job("j3", "queued"))], progress: [] });
   check("a long-poll reply becomes welcome plus events", fromPoll.length === 2 && fromPoll[0].type === "welcome" && fromPoll[1].seq === 7);
   const pollSnapshot = pollMessages({ epoch: "e1", seq: 7, recovered: false, snapshot: { project_id: "p", agents: {}, server_time: "x" }, events: [], progress: [] });

@@ -243,6 +243,20 @@ async def test_a_server_given_an_identity_services_public_key_only_verifies_its_
             assert (got.status, got.code) == (status, code), case
 
 
+def test_jobcast_token_mints_a_standard_jwt_any_library_verifies() -> None:
+    """`jobcast token` output is an HS256 JWT with sub, iat, exp, aud, iss and the jobcast claim: PyJWT verifies it."""
+    result = subprocess.run(
+        [*jobcast_command(), "token", "--secret", SECRET, "--project", "acme", "--rights", "read",
+         "--subject", "alice", "--audience", "jobcast", "--issuer", "https://app.example.com", "--ttl", "90"],
+        capture_output=True, text=True, timeout=WAIT, check=True, env=_env({}),
+    )  # fmt: skip
+    claims = jwt.decode(
+        result.stdout.strip(), SECRET, algorithms=["HS256"], audience="jobcast", issuer="https://app.example.com"
+    )
+    assert claims["sub"] == "alice" and claims["jobcast"] == {"projects": ["acme"], "rights": ["read"]}
+    assert 0 < claims["exp"] - claims["iat"] <= 91
+
+
 def test_jobcast_token_refuses_bad_input_without_printing_a_token() -> None:
     """A missing secret, a short secret, an unknown right or a bad ttl: exit 2, a message, nothing on stdout."""
     base = [*jobcast_command(), "token", "--project", "acme"]
