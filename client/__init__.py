@@ -8,19 +8,28 @@
         async for message in events:
             print(message["type"], message.get("seq"))
 
+Without an event loop (a Flask view, a script), :class:`Client` does the same::
+
+    from jobcast.client import Client
+
+    with Client("http://127.0.0.1:8000") as jobs:
+        job = jobs.wait(jobs.refresh("acme", "financial").job["job_id"], timeout=60)
+
 See ``docs/client.md``. The ``jobcast watch | refresh | status | cancel`` commands
 (:mod:`client.cli`) are built on this.
 """
 
 from .backoff import Reconnect
 from .cursor import FINAL_STATES, Cursor
-from .errors import ClientError, InvalidURL, ProtocolError, ServerRefused, ServerUnreachable
+from .errors import ClientError, InvalidURL, ProtocolError, ServerRefused, ServerUnreachable, WaitTimedOut
 from .http import JobcastClient, StartedJob
 from .output import Outputs
 from .subscribe import Subscription, Transport, subscribe
+from .sync import Client, Watch
 
 __all__ = [
     "FINAL_STATES",
+    "Client",
     "ClientError",
     "Cursor",
     "InvalidURL",
@@ -33,5 +42,7 @@ __all__ = [
     "StartedJob",
     "Subscription",
     "Transport",
+    "WaitTimedOut",
+    "Watch",
     "subscribe",
 ]

@@ -1,6 +1,6 @@
 """How the client reads the server's answers and sends its token, for the HTTP actions and every transport.
 
-The lowest layer of the client's I/O: :mod:`.http`, :mod:`.subscribe` and
+The lowest layer of the client's I/O: :mod:`.http`, :mod:`.sync`, :mod:`.subscribe` and
 :mod:`.transports` all use it, and it uses none of them.
 """
 
@@ -31,6 +31,13 @@ def refusal(status: int, body: bytes, reason: str = "") -> ServerRefused:
     except (ValueError, KeyError, TypeError):
         text = f"HTTP {status} {reason}".strip()
         return ServerRefused(f"http_{status}", f"{text}, not a jobcast error (a proxy, or not jobcast?)", status)
+
+
+def answer(response: httpx.Response, what: str) -> Record:
+    """The JSON object of a successful answer to ``what``; the server's refusal, raised, for an error answer."""
+    if response.status_code >= 400:
+        raise refusal(response.status_code, response.content, response.reason_phrase)
+    return json_object(response.content, what)
 
 
 def json_object(body: bytes, what: str) -> Record:

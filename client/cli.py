@@ -15,7 +15,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
-from .errors import ClientError, InvalidURL, ProtocolError, ServerRefused, ServerUnreachable
+from .errors import ClientError, InvalidURL, ProtocolError, ServerRefused, ServerUnreachable, WaitTimedOut
 from .exitcodes import HELP, ExitCode
 from .settings import DEFAULT_URL, access_token, server_url
 
@@ -166,6 +166,9 @@ def _failed(error: ClientError) -> int:
     if isinstance(error, ServerUnreachable | ProtocolError):
         _error(error.message)
         return ExitCode.UNAVAILABLE
+    if isinstance(error, WaitTimedOut):
+        _error(error.message)
+        return ExitCode.TIMED_OUT
     _error(f"error: {error.message}")
     return ExitCode.INTERNAL
 

@@ -21,6 +21,8 @@ The tree::
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ClientError(Exception):
     """Base of every error the client raises on purpose."""
@@ -53,6 +55,21 @@ class ServerRefused(ClientError):
 
     def __repr__(self) -> str:
         return f"ServerRefused(code={self.code!r}, message={self.message!r}, status={self.status})"
+
+
+class WaitTimedOut(ClientError, TimeoutError):
+    """``Client.wait`` ran out of time before the job was final. The job goes on running on the server.
+
+    ``job`` is its record as last seen. The CLI's exit code for it is 3, as for ``--timeout``.
+    """
+
+    def __init__(self, job_id: str, timeout: float, job: dict[str, Any]) -> None:
+        super().__init__(
+            f"job {job_id} was still {job.get('status')} after {timeout:g} s; it goes on running on the server"
+        )
+        self.job_id = job_id
+        self.timeout = timeout
+        self.job = job
 
 
 class ProtocolError(ClientError):

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from .answers import Record, auth_headers, describe, json_object, refusal
+from .answers import Record, answer, auth_headers, describe
 from .endpoint import Endpoint, quote
 from .errors import ServerUnreachable
 from .subscribe import Subscription, subscribe
@@ -106,6 +106,4 @@ class JobcastClient:
             response = await self._http.request(method, path, json=body)
         except httpx.HTTPError as exc:
             raise ServerUnreachable(self.endpoint.base, describe(exc)) from exc
-        if response.status_code >= 400:
-            raise refusal(response.status_code, response.content, response.reason_phrase)
-        return json_object(response.content, f"{method} {path}")
+        return answer(response, f"{method} {path}")
