@@ -1,7 +1,8 @@
-"""The JSON API under /api, /healthz (liveness) and /readyz (readiness).
+"""The JSON API under /api, /healthz (liveness), /readyz (readiness) and /openapi.json.
 
-Every /api route checks the request's token first (see :mod:`server.access`); /healthz
-and /readyz stay open: they tell load and health, never project data.
+Every /api route checks the request's token first (see :mod:`server.access`); /healthz,
+/readyz and /openapi.json stay open: they tell load, health and the API's shape, never
+project data.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .auth import Grant
 from .engine import Engine
 from .errors import BodyTooLarge, InvalidInput, JobNotFound, StoreUnavailable
 from .jobs import Job
+from .openapi import openapi_schema, package_version
 from .scheduling import IfActive, Priority
 from .views import agents_view, project_view
 from .wire import MAX_INBOUND_BYTES
@@ -208,7 +210,19 @@ def _not_ready(status: str, code: str, message: str) -> JSONResponse:
     return JSONResponse({"status": status, "error": {"code": code, "message": message}}, status_code=503)
 
 
+async def openapi(request: Request) -> JSONResponse:
+    """The OpenAPI document of this server: its root path, its agents, whether it needs tokens. Open."""
+    schema = openapi_schema(
+        package_version(),
+        root_path=request.scope.get("root_path", ""),
+        agents=list(engine_of(request).agents),
+        token_required=not request.state.auth.open,
+    )
+    return JSONResponse(schema)
+
+
 ROUTES = [
+    Route("/openapi.json", openapi, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/api/agents", agents, methods=["GET"]),

@@ -19,6 +19,7 @@ from .jobs import Job, JobStatus, isoformat
 _LEGACY_STATUS = {
     JobStatus.QUEUED: "processing",
     JobStatus.RUNNING: "processing",
+    JobStatus.RETRYING: "processing",
     JobStatus.COMPLETED: "completed",
     JobStatus.FAILED: "failed",
     JobStatus.CANCELLED: "failed",

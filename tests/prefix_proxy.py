@@ -18,23 +18,34 @@ class PrefixProxy:
     port: int = 0
     #: every request line the proxy received, before it stripped the prefix
     requests: list[str] = dataclasses.field(default_factory=list)
+    #: every connection's tasks, held: asyncio keeps only weak references to tasks, and a
+    #: connection whose sockets are closing is a garbage cycle a collection would destroy
+    tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+
+    def _hold(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}{self.prefix}"
 
     async def handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        current = asyncio.current_task()
+        if current is not None:
+            self._hold(current)
         try:
             backend_reader, backend_writer = await asyncio.open_connection("127.0.0.1", self.backend_port)
         except OSError:
             client_writer.close()
             return
-        answers = asyncio.create_task(_pipe(backend_reader, client_writer))
+        answers = self._hold(asyncio.create_task(_pipe(backend_reader, client_writer)))
         try:
             await self._forward_requests(client_reader, backend_writer)
-        finally:
             with contextlib.suppress(Exception):
                 await answers
+        finally:  # also when cancelled: an unclosed writer warns once the loop is gone
             backend_writer.close()
             client_writer.close()
 
@@ -90,5 +101,10 @@ async def prefix_proxy(prefix: str, backend_port: int) -> AsyncIterator[PrefixPr
     server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
     proxy.port = server.sockets[0].getsockname()[1]
     async with server:
-        yield proxy
-        server.close()
+        try:
+            yield proxy
+        finally:
+            server.close()
+            for task in set(proxy.tasks):
+                task.cancel()
+            await asyncio.gather(*proxy.tasks, return_exceptions=True)

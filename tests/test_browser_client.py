@@ -192,29 +192,26 @@ async def test_without_get_token_an_expired_token_stops_with_unauthorized() -> N
 
 async def test_cors_answers_the_listed_origin_with_preflight_for_the_token_and_json() -> None:
     """A preflight for Authorization and Content-Type passes for a listed origin; others get 403 origin_not_allowed."""
-    if True:
-        listed = "https://app.example.com"
-        async with live_server(secret=SECRET, allowed_origins=(listed,)) as live:
-            preflight = {
-                "Origin": listed,
-                "Access-Control-Request-Method": "POST",
-                "Access-Control-Request-Headers": "authorization,content-type",
-            }
-            answer = await live.http.options("/api/projects/acme/agents/gated/refresh", headers=preflight)
-            assert answer.status_code == 200
-            assert answer.headers["access-control-allow-origin"] == listed
-            allowed = answer.headers["access-control-allow-headers"].lower()
-            assert "authorization" in allowed and "content-type" in allowed
-            module = await live.http.get("/jobcast.js", headers={"Origin": listed})
-            assert module.status_code == 200 and module.headers["content-type"].startswith("text/javascript")
-            assert module.headers["access-control-allow-origin"] == listed
-            assert "export function connect" in module.text
-            types = await live.http.get("/jobcast.d.ts")
-            assert (
-                types.status_code == 200 and "export function connect(options: ConnectOptions): Project;" in types.text
-            )
-            stranger = await live.http.get("/jobcast.js", headers={"Origin": "https://evil.example.com"})
-            assert (stranger.status_code, stranger.json()["error"]["code"]) == (403, "origin_not_allowed")
+    listed = "https://app.example.com"
+    async with live_server(secret=SECRET, allowed_origins=(listed,)) as live:
+        preflight = {
+            "Origin": listed,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        }
+        answer = await live.http.options("/api/projects/acme/agents/gated/refresh", headers=preflight)
+        assert answer.status_code == 200
+        assert answer.headers["access-control-allow-origin"] == listed
+        allowed = answer.headers["access-control-allow-headers"].lower()
+        assert "authorization" in allowed and "content-type" in allowed
+        module = await live.http.get("/jobcast.js", headers={"Origin": listed})
+        assert module.status_code == 200 and module.headers["content-type"].startswith("text/javascript")
+        assert module.headers["access-control-allow-origin"] == listed
+        assert "export function connect" in module.text
+        types = await live.http.get("/jobcast.d.ts")
+        assert types.status_code == 200 and "export function connect(options: ConnectOptions): Project;" in types.text
+        stranger = await live.http.get("/jobcast.js", headers={"Origin": "https://evil.example.com"})
+        assert (stranger.status_code, stranger.json()["error"]["code"]) == (403, "origin_not_allowed")
 
 
 async def test_the_dashboard_works_behind_a_proxy_under_a_path_prefix() -> None:

@@ -18,7 +18,7 @@ SERVER_LAYERS: list[set[str]] = [
     {"errors", "jobs", "scheduling", "validation", "backoff", "settings", "cursor", "logs", "uvicorn_ws", "wire"},
     {"store"},
     {"context", "plugins", "estimates", "engine", "channel", "hub"},
-    {"views", "auth", "limits", "access", "origins", "http_errors"},
+    {"views", "openapi", "auth", "limits", "access", "origins", "http_errors"},
     {"api", "legacy", "push", "pages"},
     {"app", "runner", "connections", "cli", "workers", "worker"},
 ]
