@@ -78,6 +78,13 @@ def _log_level(text: str) -> str:
     return level
 
 
+def _log_format(text: str) -> str:
+    form = text.strip().lower()
+    if form not in {"text", "json"}:
+        raise ValueError("must be text or json")
+    return form
+
+
 def _agent_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -127,6 +134,7 @@ class Settings:
     job_timeout: float = option(600.0, _positive_float, "seconds before a job times out, unless its agent sets one")
     demo_seconds: float = option(20.0, _non_negative_float, "how long the built-in demo agents take")
     log_level: str = option("info", _log_level, "debug, info, warning or error")
+    log_format: str = option("text", _log_format, "text (one readable line) or json (one JSON object per line)")
     progress_interval: float = option(1.0, _positive_float, "seconds between progress events of a running job")
     history: int = option(1000, _positive_int, "events per project a client can resume from")
     ping_interval: float = option(20.0, _positive_float, "seconds between WebSocket pings")
@@ -154,6 +162,7 @@ class Settings:
     require_auth: bool = option(False, _boolean, "refuse to start without --secret or --jwt-public-key", flag=True)
     max_connections_per_client: int = option(50, _positive_int, "open WebSockets and streams per client address")
     starts_per_minute: int = option(30, _positive_int, "job starts one token may make per minute (with --secret)")
+    max_subscriptions: int = option(100, _positive_int, "projects one WebSocket on /ws may follow at once")
     ws_messages_per_second: int = option(20, _positive_int, "messages a WebSocket client may send per second")
     max_queued: int = option(
         100, _positive_int, "queued jobs (across every process sharing the store) before refusing with queue_full"
