@@ -25,6 +25,7 @@ from anyio.abc import TaskGroup
 
 from jobcast.agents import Agent, Retry, Transient
 
+from . import logs
 from .backoff import Backoff
 from .context import RunContext
 from .errors import NothingToCancel, StaleJob, StoreUnavailable, UnknownAgent
@@ -324,7 +325,8 @@ class Engine:
             for job_id in cancelled:
                 run = self._runs.get(job_id)
                 if run is not None and not run.stopping.is_set():
-                    logger.info("job %s: its cancel was asked through another process; stopping it", job_id)
+                    logger.info("job %s: its cancel was asked through another process; stopping it", job_id,
+                                extra=job_log(run.job))  # fmt: skip
                     run.stop()
             self._wake.set()
 
@@ -345,6 +347,8 @@ class Engine:
             if job.job_id in self._cancel_on_start:
                 self._cancel_on_start.discard(job.job_id)
                 run.stop()
+            logger.info("job %s started: %s/%s, attempt %d of %d", job.job_id, job.project_id, job.agent,
+                        job.attempt, job.max_attempts, extra=job_log(job))  # fmt: skip
             self._task_group.start_soon(self._run_guarded, run, name=f"job {job.job_id}")
 
     # -- lifecycle -----------------------------------------------------------------
@@ -439,7 +443,7 @@ class Engine:
         elif job.status is JobStatus.RUNNING and agent is not None and is_idempotent(agent) and job.attempts_left > 0:
             ended = job.transition(JobStatus.QUEUED, error=error)
             logger.warning("job %s of %s/%s requeued as attempt %d: %s", job.job_id, job.project_id, job.agent,
-                           ended.attempt, reason)  # fmt: skip
+                           ended.attempt, reason, extra=job_log(ended))  # fmt: skip
         else:
             ended = job.transition(JobStatus.FAILED, error=error)
         try:
@@ -462,9 +466,11 @@ class Engine:
                 job.project_id,
                 job.agent,
                 self._who_ends_unsaved_jobs(),
+                extra=job_log(job),
             )
         except Exception:
-            logger.exception("job %s of %s/%s crashed in the engine", job.job_id, job.project_id, job.agent)
+            logger.exception("job %s of %s/%s crashed in the engine", job.job_id, job.project_id, job.agent,
+                             extra=job_log(job))  # fmt: skip
             await self._fail_after_crash(job.job_id)
         finally:
             self._owned.discard(job.job_id)
@@ -504,7 +510,7 @@ class Engine:
             helpers.start_soon(self._pump_progress, run)
             helpers.start_soon(self._pump_output, run)
             outcome = await anyio.to_thread.run_sync(
-                call_agent, agent, run.job.project_id, run.ctx, limiter=self._threads, abandon_on_cancel=True
+                call_agent, agent, run.job, run.ctx, limiter=self._threads, abandon_on_cancel=True
             )
             helpers.cancel_scope.cancel()
         return outcome
@@ -522,7 +528,8 @@ class Engine:
                 await self._conclude(run, JobStatus.TIMED_OUT, error=error)
         except StoreUnavailable:
             # Not raised into the job's helpers: that would cancel the wait for the thread and free its slot.
-            logger.warning("job %s timed out but could not be saved: %s", run.job.job_id, self._who_ends_unsaved_jobs())
+            logger.warning("job %s timed out but could not be saved: %s", run.job.job_id, self._who_ends_unsaved_jobs(),
+                           extra=job_log(run.job))  # fmt: skip
 
     async def _end_after_cancel_grace(self, run: _Run) -> None:
         """An agent that ignores a cancel for ``--cancel-grace`` seconds is ended ``cancelled`` anyway;
@@ -534,7 +541,7 @@ class Engine:
             await self._conclude(run, JobStatus.CANCELLED, error=JobError(code="cancelled", message=message))
         except StoreUnavailable:
             logger.warning("job %s was cancelled but could not be saved: %s", run.job.job_id,
-                           self._who_ends_unsaved_jobs())  # fmt: skip
+                           self._who_ends_unsaved_jobs(), extra=job_log(run.job))  # fmt: skip
 
     async def _finish(self, run: _Run, outcome: Outcome) -> None:
         # An agent that returned a result finished before it noticed a cancel: keep the result.
@@ -589,11 +596,16 @@ class Engine:
     ) -> None:
         current = await self.store.get_job(run.job.job_id)
         if current is None:
-            logger.warning("job %s is gone from the store; discarding its %s outcome", run.job.job_id, status.value)
+            logger.warning("job %s is gone from the store; discarding its %s outcome", run.job.job_id, status.value,
+                           extra=job_log(run.job))  # fmt: skip
             return
         if current.status is not JobStatus.RUNNING or current.attempt != run.job.attempt:
             logger.info(
-                "job %s is already %s; discarding its %s outcome", run.job.job_id, current.status.value, status.value
+                "job %s is already %s; discarding its %s outcome",
+                run.job.job_id,
+                current.status.value,
+                status.value,
+                extra=job_log(run.job),
             )
             return
         final = current.with_progress(run.progress).transition(status, result=result, error=error, retry_at=retry_at)
@@ -603,7 +615,10 @@ class Engine:
         try:
             await self.store.update_job(final, JobStatus.RUNNING)
         except StaleJob:
-            logger.info("job %s finished elsewhere first; discarding its %s outcome", run.job.job_id, status.value)
+            logger.info("job %s finished elsewhere first; discarding its %s outcome", run.job.job_id, status.value,
+                        extra=job_log(run.job))  # fmt: skip
+            return
+        _log_outcome(final)
 
     async def _fail_after_crash(self, job_id: str) -> None:
         with anyio.CancelScope(shield=True):
@@ -612,7 +627,7 @@ class Engine:
                 if job is not None and job.status.is_active:
                     await self._interrupt(job, "jobcast hit an internal error running this job")
             except Exception:
-                logger.exception("could not mark job %s as failed", job_id)
+                logger.exception("could not mark job %s as failed", job_id, extra={"job_id": job_id})
 
     # -- output ------------------------------------------------------------------------
 
@@ -658,7 +673,7 @@ class Engine:
             text = encoded[: max(room, 0)].decode(errors="ignore")  # never half a character
             run.output_truncated = True
             logger.warning("job %s passed --max-output-bytes %d; the rest of its output is cut",
-                           run.job.job_id, self.settings.max_output_bytes)  # fmt: skip
+                           run.job.job_id, self.settings.max_output_bytes, extra=job_log(run.job))  # fmt: skip
             encoded = text.encode()
         run.output_bytes += len(encoded)
         return text
@@ -713,20 +728,45 @@ async def retry_while_unavailable(
                 await (stop or anyio.Event()).wait()
 
 
-def call_agent(agent: Agent, project_id: str, ctx: RunContext) -> Outcome:
+def _log_outcome(job: Job) -> None:
+    """One line for how an attempt ended: completed, failed, cancelled, timed out, or retrying."""
+    took = f"{job.finished_at - job.started_at:.1f} s" if job.finished_at and job.started_at else "no run"
+    if job.status is JobStatus.COMPLETED:
+        logger.info("job %s completed: %s/%s in %s", job.job_id, job.project_id, job.agent, took, extra=job_log(job))
+        return
+    error = job.error or JobError(code="unknown", message="")
+    if job.status is JobStatus.RETRYING:
+        wait = max(0.0, (job.retry_at or now()) - now())
+        logger.warning("job %s attempt %d failed (%s: %s); retrying in %.1f s", job.job_id, job.attempt - 1,
+                       error.code, error.message, wait, extra={**job_log(job), "attempt": job.attempt - 1})  # fmt: skip
+        return
+    logger.warning("job %s %s: %s/%s after %s (%s: %s)", job.job_id, job.status.value, job.project_id, job.agent,
+                   took, error.code, error.message, extra=job_log(job))  # fmt: skip
+
+
+def job_log(job: Job) -> dict[str, Any]:
+    """The ``extra=`` of a line about ``job``: its ids, as keys of a JSON line."""
+    return logs.job_fields(job.job_id, job.project_id, job.agent, job.attempt)
+
+
+def call_agent(agent: Agent, job: Job, ctx: RunContext) -> Outcome:
     """Runs in the worker thread: call the agent and turn whatever happens into an Outcome."""
+    project_id = job.project_id
     try:
         result = agent.refresh(project_id, ctx)
     except Transient as exc:
         if ctx.cancelled:
             return Outcome(cancelled=True)
-        logger.warning("agent %r hit a transient failure for project %r: %s", agent.name, project_id, exc.message)
+        logger.warning("job %s: agent %r hit a transient failure for project %r: %s", job.job_id, agent.name,
+                       project_id, exc.message, extra=job_log(job))  # fmt: skip
         error = JobError(code="transient_error", message=exc.message or "a transient failure")
         return Outcome(error=error, transient=True, retry_after=exc.retry_after)
     except Exception as exc:
         if ctx.cancelled:
             return Outcome(cancelled=True)
-        logger.exception("agent %r failed for project %r", agent.name, project_id)
+        logger.exception(
+            "job %s: agent %r failed for project %r", job.job_id, agent.name, project_id, extra=job_log(job)
+        )
         return Outcome(error=JobError(code="agent_error", message=str(exc) or type(exc).__name__))
     return checked_result(agent, result)
 

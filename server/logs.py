@@ -7,6 +7,9 @@ websockets library logs every handshake header, ``Authorization`` and
 :class:`Redactor`, which blanks token-shaped strings, bearer values, authorization
 headers, query parameters with credential-like names, and the secret itself.
 
+Lines are text (one readable line) or, with ``--log-format json``, one JSON object per line
+(:class:`JsonFormatter`); a job's lines carry its ids in both (:func:`job_fields`).
+
 A refused WebSocket handshake is logged by jobcast (who, where, which code) and in
 uvicorn's access log; the websockets library's own "connection rejected" line would
 say it a third time, so :class:`DropRejections` drops it.
@@ -14,11 +17,14 @@ say it a third time, so :class:`DropRejections` drops it.
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import re
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
+from typing import Any
 
 REDACTED = "[redacted]"
 
@@ -43,6 +49,50 @@ _PATTERNS = (
 _ENCODED = re.compile(r"[^\s\"'<>]*%[0-9A-Fa-f]{2}[^\s\"'<>]*")
 #: the loggers whose handlers get the filter (the root's handlers carry jobcast's own lines)
 LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access")
+#: the text format of jobcast's own lines
+TEXT_FORMAT = "%(levelname)s:     %(name)s: %(message)s"
+#: what a line says about its job or client, when it names one (``extra=``); JSON lines carry them as keys
+CONTEXT_FIELDS = ("project_id", "agent", "job_id", "attempt", "client")
+
+
+def job_fields(job_id: str, project_id: str, agent: str, attempt: int) -> dict[str, Any]:
+    """The ``extra=`` of a job's log line."""
+    return {"job_id": job_id, "project_id": project_id, "agent": agent, "attempt": attempt}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: level, time (UTC), logger, message, and the context fields the line has."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "level": record.levelname.lower(),
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
+        if "client" not in entry and record.name == "uvicorn.access" and isinstance(record.args, tuple):
+            entry["client"] = record.args[0]  # uvicorn's access line: (client, method, path, version, status)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def formatter(log_format: str) -> logging.Formatter | None:
+    """The formatter every handler gets for ``--log-format``; None keeps each handler's own (text)."""
+    return JsonFormatter() if log_format == "json" else None
+
+
+def configure(level: str, log_format: str) -> None:
+    """Set up the root logger of a jobcast process (``serve``, a ``--workers`` child or parent, ``worker``)."""
+    logging.basicConfig(level=level.upper(), format=TEXT_FORMAT)
+    chosen = formatter(log_format)
+    if chosen is not None:
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(chosen)
 
 
 class Redactor(logging.Filter):
@@ -133,17 +183,21 @@ class ThrottleFloods(logging.Filter):
 FLOOD_LOGGERS = ("uvicorn.error", "jobcast.server.uvicorn_ws", "jobcast.server.connections")
 
 
-def install(secret: str | None, loggers: Iterable[str] = LOGGERS) -> None:
+def install(secret: str | None, loggers: Iterable[str] = LOGGERS, log_format: str = "text") -> None:
     """Add one Redactor to every handler of ``loggers``, DropRejections to uvicorn's error log, and
-    ThrottleFloods to the loggers of lines a client can provoke.
+    ThrottleFloods to the loggers of lines a client can provoke; with ``log_format`` json, give every
+    handler of ``loggers`` (uvicorn's included) the JSON formatter.
 
     Idempotent: running it again replaces the filters instead of stacking them.
     """
     redactor = Redactor(secret)
+    chosen = formatter(log_format)
     for name in loggers:
         for handler in logging.getLogger(name).handlers:
             handler.filters = [f for f in handler.filters if not isinstance(f, Redactor)]
             handler.addFilter(redactor)
+            if chosen is not None:
+                handler.setFormatter(chosen)
     errors = logging.getLogger("uvicorn.error")
     errors.filters = [f for f in errors.filters if not isinstance(f, DropRejections)]
     errors.addFilter(DropRejections())

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 def run_server(app: object, settings: Settings, sockets: list[socket.socket] | None = None) -> int:
     """Serve ``app`` until a signal; on ``sockets`` already bound (a worker of ``--workers``), if given."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     config = uvicorn_config(app, settings)
     if not settings.secret:
         _warn_open(settings)
@@ -91,7 +91,7 @@ def uvicorn_config(app: object, settings: Settings, **overrides: Any) -> uvicorn
         **overrides,
     }
     config = uvicorn.Config(app, **options)  # type: ignore[arg-type]
-    logs.install(settings.secret)  # uvicorn set up its log handlers just now
+    logs.install(settings.secret, log_format=settings.log_format)  # uvicorn set up its log handlers just now
     return config
 
 

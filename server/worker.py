@@ -17,6 +17,7 @@ import anyio
 
 from jobcast.agents import Agent
 
+from . import logs
 from .engine import Engine
 from .errors import ConfigError, StoreUnavailable
 from .hub import Hub
@@ -40,7 +41,8 @@ def check_worker(settings: Settings, store: Store) -> None:
 
 def run_worker(settings: Settings) -> int:
     """Check the store and the agents, then take jobs until a signal."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
+    logs.install(settings.secret, log_format=settings.log_format)
     store = store_for(settings)
     check_worker(settings, store)
     agents = load_agents(settings.agents, app_dir=settings.app_dir)

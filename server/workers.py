@@ -18,6 +18,7 @@ import time
 from multiprocessing.context import SpawnProcess
 from types import FrameType
 
+from . import logs
 from .errors import ConfigError
 from .settings import Settings
 from .store import Store
@@ -52,7 +53,7 @@ def run_workers(settings: Settings, listener: socket.socket) -> int:
     """Start the children on ``listener`` and supervise them until a signal ends the server.
 
     The caller has checked the store can be shared (:func:`check_shareable`)."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     stopping = threading.Event()
     children = [_start_child(settings, listener) for _ in range(settings.workers)]
     logger.info("jobcast: %d worker processes on http://%s:%d", len(children), settings.host, listener.getsockname()[1])
