@@ -17,13 +17,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from . import access, validation
+from . import access, cursor, validation
 from .auth import Grant
 from .engine import Engine
 from .errors import BodyTooLarge, InvalidInput, JobNotFound, StoreUnavailable
-from .jobs import Job
+from .jobs import Job, JobStatus
 from .openapi import openapi_schema, package_version
 from .scheduling import IfActive, Priority
+from .store import JobQuery
+from .store.base import history_key
 from .views import agents_view, project_view
 from .wire import MAX_INBOUND_BYTES
 
@@ -159,6 +161,51 @@ async def history(request: Request) -> JSONResponse:
     return JSONResponse({"project_id": project_id, "jobs": [job.to_dict() for job in jobs]})
 
 
+#: longest ``started_by`` filter accepted (a token subject is far shorter)
+MAX_STARTED_BY = 200
+
+
+async def all_jobs(request: Request) -> JSONResponse:
+    """History across projects, newest first, a page at a time; only projects the token may read."""
+    grant = access.require(request, "read")
+    params = request.query_params
+    projects = grant.projects
+    if project := params.get("project"):
+        grant.require("read", validation.project_id(project))
+        projects = frozenset({project})
+    agent = params.get("agent") or None
+    if agent is not None:
+        engine_of(request).agent(agent)
+    limit = validation.bounded_int("limit", params.get("limit"), default=50, low=1, high=500)
+    query = JobQuery(
+        projects=projects,
+        agent=agent,
+        status=_status_filter(params.get("status")),
+        started_by=_started_by_filter(params.get("started_by")),
+        before=cursor.decode_history(params["before"]) if params.get("before") else None,
+        limit=limit + 1,  # one more than asked: whether there is a next page
+    )
+    jobs = await engine_of(request).store.find_jobs(query)
+    next_page = cursor.encode_history(history_key(jobs[limit - 1])) if len(jobs) > limit else None
+    return JSONResponse({"jobs": [job.to_dict() for job in jobs[:limit]], "next": next_page})
+
+
+def _status_filter(raw: str | None) -> JobStatus | None:
+    if not raw:
+        return None
+    try:
+        return JobStatus(raw)
+    except ValueError:
+        names = ", ".join(status.value for status in JobStatus)
+        raise InvalidInput("invalid_status", f"status must be one of {names}, not {raw[:40]!r}") from None
+
+
+def _started_by_filter(raw: str | None) -> str | None:
+    if raw is not None and len(raw) > MAX_STARTED_BY:
+        raise InvalidInput("invalid_started_by", f"started_by is at most {MAX_STARTED_BY} characters")
+    return raw or None
+
+
 async def projects(request: Request) -> JSONResponse:
     """Only the projects the token covers."""
     grant = access.require(request, "read")
@@ -227,6 +274,7 @@ ROUTES = [
     Route("/readyz", readyz, methods=["GET"]),
     Route("/api/agents", agents, methods=["GET"]),
     Route("/api/projects", projects, methods=["GET"]),
+    Route("/api/jobs", all_jobs, methods=["GET"]),
     Route("/api/jobs/{job_id}", job_by_id, methods=["GET"]),
     Route("/api/projects/{project_id}", project_status, methods=["GET"]),
     Route("/api/projects/{project_id}/jobs", history, methods=["GET"]),

@@ -3,12 +3,20 @@
 A cursor is ``(epoch, after)``: the last event a client applied. It resumes only if
 the epoch is the store's and every event after it is still inside the history window;
 anything else, including junk, gets a snapshot, so a gap is never silent.
+
+A history page cursor (``GET /api/jobs?before=``) is another thing: the opaque
+position of the last job of a page, :func:`encode_history` / :func:`decode_history`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
+import json
+import math
 
+from .errors import InvalidInput
 from .validation import whole_number
 
 
@@ -59,3 +67,24 @@ def plan(cursor: Cursor | None, *, epoch: str, last_seq: int, history: int) -> R
     if cursor.after < last_seq - history:
         return Snapshot("the cursor is older than the history window")
     return Resume(cursor.after)
+
+
+def encode_history(key: tuple[float, str]) -> str:
+    """The opaque ``before`` of the next history page: the last job's (created_at, job_id)."""
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
+
+
+def decode_history(text: str) -> tuple[float, str]:
+    """What :func:`encode_history` made; anything else is 400 ``invalid_cursor``."""
+    invalid = InvalidInput("invalid_cursor", "before must be the 'next' of a previous page, unchanged")
+    if len(text) > 200:
+        raise invalid
+    try:
+        created_at, job_id = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (ValueError, TypeError, binascii.Error, RecursionError):
+        raise invalid from None
+    if isinstance(created_at, bool) or not isinstance(created_at, int | float) or not isinstance(job_id, str):
+        raise invalid
+    if not math.isfinite(created_at):
+        raise invalid
+    return float(created_at), job_id

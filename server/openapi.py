@@ -275,6 +275,7 @@ def _api_paths(agents: Sequence[str]) -> Schema:
         "/openapi.json": {"get": _openapi_json()},
         "/api/agents": {"get": _list_agents()},
         "/api/projects": {"get": _list_projects()},
+        "/api/jobs": {"get": _all_jobs(agents)},
         "/api/jobs/{job_id}": {"get": _job_by_id()},
         "/api/projects/{project_id}": {"get": _project_status()},
         "/api/projects/{project_id}/jobs": {"get": _history(agents)},
@@ -340,6 +341,23 @@ def _history(agents: Sequence[str]) -> Schema:
     ok = {"200": json_response("The jobs, newest first", ref("JobHistory"))}
     refusals = [*TOKEN, *TEMPLATED, *PROJECT, (400, "invalid_limit"), *AGENT, *STORE]
     return operation("listJobs", "A project's job history", "jobs", ok, refusals, parameters=parameters)
+
+
+def _all_jobs(agents: Sequence[str]) -> Schema:
+    agent = {"type": "string", **({"examples": list(agents)} if agents else {})}
+    parameters = [
+        query_parameter("project", {"type": "string"}, "only this project's jobs; absent means every project"),
+        query_parameter("agent", agent, "only this agent's jobs"),
+        query_parameter("status", ref("JobStatus"), "only jobs in this status"),
+        query_parameter("started_by", {"type": "string", "maxLength": 200}, "only jobs this user started"),
+        query_parameter("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "at most this many"),
+        query_parameter("before", {"type": "string"}, "the `next` of the previous page, unchanged"),
+    ]
+    ok = {"200": json_response("The jobs, newest first, and the cursor of the next page", ref("JobPage"))}
+    bad = [(400, code) for code in ("invalid_status", "invalid_started_by", "invalid_limit", "invalid_cursor")]
+    refusals = [*TOKEN, *PROJECT, *bad, *AGENT, *STORE]
+    summary = "Job history across the projects the token covers, a page at a time"
+    return operation("listAllJobs", summary, "jobs", ok, refusals, parameters=parameters)
 
 
 def _agent_job(agents: Sequence[str]) -> Schema:
@@ -620,6 +638,9 @@ def _api_schemas() -> Schema:
             }
         ),
         "JobHistory": closed({"project_id": string(), "jobs": {"type": "array", "items": ref("Job")}}),
+        "JobPage": closed(
+            {"jobs": {"type": "array", "items": ref("Job")}, "next": {"type": ["string", "null"]}},
+        ),
         "ProjectList": closed({"projects": {"type": "array", "items": string()}}),
         "AgentList": closed(
             {"agents": {"type": "array", "items": closed({"name": string(), "timeout_s": {"type": "number"}})}}

@@ -18,7 +18,7 @@ import pytest
 from jobcast.server.errors import StaleJob, StoreUnavailable
 from jobcast.server.jobs import Job, JobError, JobStatus, ProgressUpdate
 from jobcast.server.settings import Settings
-from jobcast.server.store import redacted, store_for
+from jobcast.server.store import JobQuery, redacted, store_for
 from jobcast.server.store.redis_store import RedisStore, split_url
 from tests.redis_server import RedisServer, redis_server
 from tests.support import WAIT, eventually_async
@@ -335,3 +335,15 @@ async def test_a_queued_job_an_older_version_left_joins_the_queue_at_open(redis_
         await client.aclose()
     async with opened(url) as store:
         assert [queued.job_id for queued in (await store.queue_state()).queued] == [job.job_id]
+
+
+async def test_history_an_older_jobcast_wrote_joins_the_index_across_projects(redis_server: RedisServer) -> None:
+    """An older jobcast kept history per project only: opening the store indexes it for GET /api/jobs."""
+    url = redis_server.url()
+    async with opened(url) as store:
+        made = [(await store.create_job(Job.new(project, "financial")))[0] for project in ("p1", "p2", "p3")]
+        await store.client.delete(store._key("hist"))  # as an older jobcast left it
+        assert await store.find_jobs(JobQuery()) == []
+    async with opened(url) as store:
+        found = await store.find_jobs(JobQuery())
+    assert [job.job_id for job in found] == [job.job_id for job in reversed(made)]

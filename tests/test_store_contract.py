@@ -8,7 +8,8 @@ import pytest
 from jobcast.server.errors import StaleJob
 from jobcast.server.jobs import Job, JobError, JobStatus, Progress
 from jobcast.server.settings import Settings
-from jobcast.server.store import Store, store_for
+from jobcast.server.store import JobQuery, Store, store_for
+from jobcast.server.store.base import history_key
 
 pytestmark = pytest.mark.anyio
 
@@ -162,3 +163,47 @@ async def test_sqlite_keeps_everything_across_reopen(tmp_path: object) -> None:
         assert await second.last_seq("p1") == 3
     finally:
         await second.close()
+
+
+async def finished(store: Store, job: Job, status: JobStatus = JobStatus.COMPLETED) -> Job:
+    """Run ``job`` to ``status`` and return its final record."""
+    running = (await store.update_job(job.transition(JobStatus.RUNNING), JobStatus.QUEUED)).job
+    error = None if status is JobStatus.COMPLETED else JobError(code="agent_error", message="no")
+    final = running.transition(status, result={} if status is JobStatus.COMPLETED else None, error=error)
+    return (await store.update_job(final, JobStatus.RUNNING)).job
+
+
+async def test_history_across_projects_is_newest_first_and_pages_stay_put_while_jobs_arrive(store: Store) -> None:
+    """find_jobs pages by (created_at, job_id): a job created after page 1 never shifts page 2."""
+    made = []
+    for n in range(7):
+        job, _ = await store.create_job(Job.new(f"p{n % 3}", f"agent{n}"))
+        made.append(await finished(store, job))
+    newest_first = [job.job_id for job in reversed(made)]
+    first = await store.find_jobs(JobQuery(limit=3))
+    assert [job.job_id for job in first] == newest_first[:3]
+    late, _ = await store.create_job(Job.new("p9", "late"))
+    second = await store.find_jobs(JobQuery(limit=3, before=history_key(first[-1])))
+    third = await store.find_jobs(JobQuery(limit=3, before=history_key(second[-1])))
+    assert [job.job_id for job in second + third] == newest_first[3:]
+    assert (await store.find_jobs(JobQuery(limit=1)))[0].job_id == late.job_id
+
+
+async def test_history_filters_by_project_agent_status_and_starter(store: Store) -> None:
+    a, _ = await store.create_job(Job.new("p1", "financial", started_by="alice"))
+    a = await finished(store, a, JobStatus.FAILED)
+    b, _ = await store.create_job(Job.new("p1", "performance", started_by="bob"))
+    b = await finished(store, b)
+    c, _ = await store.create_job(Job.new("p2", "financial", started_by="alice"))
+
+    async def ids(**filters: object) -> list[str]:
+        return [job.job_id for job in await store.find_jobs(JobQuery(**filters))]  # type: ignore[arg-type]
+
+    assert await ids() == [c.job_id, b.job_id, a.job_id]
+    assert await ids(projects=frozenset({"p1"})) == [b.job_id, a.job_id]
+    assert await ids(projects=frozenset({"p1", "p2"}), agent="financial") == [c.job_id, a.job_id]
+    assert await ids(projects=frozenset({"p1"}), agent="financial") == [a.job_id]
+    assert await ids(status=JobStatus.FAILED) == [a.job_id]
+    assert await ids(status=JobStatus.QUEUED) == [c.job_id]
+    assert await ids(started_by="alice") == [c.job_id, a.job_id]
+    assert await ids(projects=frozenset({"nobody"})) == []

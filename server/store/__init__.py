@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from .base import Follower, LeaseReport, Store, redacted
+from .base import Follower, JobQuery, LeaseReport, Store, redacted
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["Follower", "LeaseReport", "Store", "redacted", "store_for"]
+__all__ = ["Follower", "JobQuery", "LeaseReport", "Store", "redacted", "store_for"]
 
 
 def store_for(settings: Settings) -> Store:

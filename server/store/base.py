@@ -13,7 +13,7 @@ import dataclasses
 import itertools
 import math
 import urllib.parse
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 
 import anyio
 
@@ -193,6 +193,10 @@ class Store(abc.ABC):
         """History, newest first."""
 
     @abc.abstractmethod
+    async def find_jobs(self, query: JobQuery) -> list[Job]:
+        """Jobs of every project that match ``query``, newest first (by :func:`history_key`), up to its limit."""
+
+    @abc.abstractmethod
     async def durations(self, agent: str, project_id: str | None, limit: int) -> list[float]:
         """How long the agent's last ``limit`` completed jobs ran (their last attempt), newest first;
         of one project, or of all (``None``). For the ETA."""
@@ -274,6 +278,38 @@ class Follower:
         while not (events := await self.store.events_after(self.project_id, after, limit)):
             await self.store.wait_for_events(self.project_id, after, math.inf)
         return events, [], []
+
+
+def history_key(job: Job) -> tuple[float, str]:
+    """Where a job stands in history: it never changes, so a page boundary stays put while jobs arrive."""
+    return (job.created_at, job.job_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobQuery:
+    """A page of history across projects: filters, and the key of the last job of the page before."""
+
+    #: the projects to look in; None: every project
+    projects: frozenset[str] | None = None
+    agent: str | None = None
+    status: JobStatus | None = None
+    started_by: str | None = None
+    #: only jobs strictly older than this :func:`history_key`
+    before: tuple[float, str] | None = None
+    limit: int = 50
+
+    def matches(self, job: Job) -> bool:
+        return (
+            (self.projects is None or job.project_id in self.projects)
+            and (self.agent is None or job.agent == self.agent)
+            and (self.status is None or job.status is self.status)
+            and (self.started_by is None or job.started_by == self.started_by)
+            and (self.before is None or history_key(job) < self.before)
+        )
+
+    def page(self, jobs: Iterable[Job]) -> list[Job]:
+        """The matching jobs among ``jobs``, newest first, up to the limit."""
+        return sorted(filter(self.matches, jobs), key=history_key, reverse=True)[: self.limit]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from ..errors import QueueFull, StaleJob
 from ..jobs import Event, Job, JobStatus, LastResult, OutputChunk, Progress, ProjectState
 from ..scheduling import IfActive, QueueState, decide_start
-from .base import ActiveJobs, Store, duration_of, newest_first
+from .base import ActiveJobs, JobQuery, Store, duration_of, newest_first
 
 
 class MemoryStore(Store):
@@ -106,6 +106,9 @@ class MemoryStore(Store):
             job for job in self._jobs.values() if job.project_id == project_id and (agent is None or job.agent == agent)
         ]
         return newest_first(matching, limit)
+
+    async def find_jobs(self, query: JobQuery) -> list[Job]:
+        return query.page(self._jobs.values())
 
     async def last_results(self, project_id: str) -> dict[str, LastResult]:
         return self._results_of(project_id)

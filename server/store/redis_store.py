@@ -47,7 +47,7 @@ from ..jobs import (
     ProjectState,
 )
 from ..scheduling import Caps, IfActive, Queued, QueueState, RunningJob, decide_start
-from .base import Follower, LeaseReport, Store, redacted
+from .base import Follower, JobQuery, LeaseReport, Store, redacted
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +196,7 @@ local new = plan.insert
 redis.call('HSET', p .. 'job:' .. new.id, 'status', QUEUED, 'record', new.record, 'user', new.user)
 redis.call('HSET', p .. 'queued', new.id, new.meta)
 redis.call('SADD', p .. 'active', new.id)
+redis.call('ZADD', p .. 'hist', new.created_at, new.id)
 redis.call('ZADD', p .. 'hist:' .. project, new.created_at, new.id)
 redis.call('ZADD', p .. 'hist:' .. project .. ':' .. agent, new.created_at, new.id)
 if redis.call('HEXISTS', heads, agent) == 1 then
@@ -447,8 +448,17 @@ class RedisStore(Store):
         try:
             await self._call(self.client.ping)
             await self._call(self._index_waiting_jobs)
+            await self._call(self._index_history)
         except StoreUnavailable:
             pass  # already logged; the server starts and answers 503 until Redis is back
+
+    async def _index_history(self) -> None:
+        """Jobs an older jobcast left (it kept history per project only) join the index across projects."""
+        if await self.client.exists(self._key("hist")):
+            return
+        projects = await self.client.zrange(self._key("projects"), 0, -1)
+        if projects:
+            await self.client.zunionstore(self._key("hist"), [self._key("hist", project) for project in projects])
 
     async def _index_waiting_jobs(self) -> None:
         """Queued jobs an older jobcast left (it kept no queue index) join the queue, so they run rather than
@@ -758,6 +768,23 @@ class RedisStore(Store):
     async def list_jobs(self, project_id: str, agent: str | None, limit: int) -> list[Job]:
         key = self._key("hist", project_id) if agent is None else self._key("hist", project_id, agent)
         return await self._jobs(await self._call(self.client.zrevrange, key, 0, limit - 1))
+
+    async def find_jobs(self, query: JobQuery) -> list[Job]:
+        """Walks the history index newest first, a batch at a time, keeping the jobs that match."""
+        key = self._key("hist")
+        if query.projects is not None and len(query.projects) == 1:
+            key = self._key("hist", *query.projects, *([query.agent] if query.agent else []))
+        newest = "+inf" if query.before is None else repr(query.before[0])
+        batch = max(100, query.limit * 2)
+        found: list[Job] = []
+        offset = 0
+        while len(found) < query.limit:
+            ids = await self._call(self.client.zrevrangebyscore, key, newest, "-inf", start=offset, num=batch)
+            found.extend(filter(query.matches, await self._jobs(ids)))
+            if len(ids) < batch:
+                break
+            offset += batch
+        return query.page(found)
 
     async def last_results(self, project_id: str) -> dict[str, LastResult]:
         rows = await self._call(self.client.hgetall, self._key("results", project_id))

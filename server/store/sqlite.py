@@ -25,7 +25,7 @@ import anyio.to_thread
 from ..errors import ConfigError, QueueFull, StaleJob, StoreUnavailable
 from ..jobs import ACTIVE_STATES, Event, Job, JobStatus, LastResult, OutputChunk, Progress, ProjectState
 from ..scheduling import IfActive, QueueState, decide_start
-from .base import ActiveJobs, Store, duration_of
+from .base import ActiveJobs, JobQuery, Store, duration_of
 from .owner import OwnerLock
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_project ON jobs (project_id, agent, created_at);
 CREATE INDEX IF NOT EXISTS jobs_by_agent ON jobs (agent, status, created_at);
+CREATE INDEX IF NOT EXISTS jobs_by_time ON jobs (created_at, job_id);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status) WHERE status IN {_ACTIVE};
 DROP INDEX IF EXISTS one_active_job;
 CREATE INDEX IF NOT EXISTS active_jobs ON jobs (project_id, agent) WHERE status IN {_ACTIVE};
@@ -307,6 +308,25 @@ class SQLiteStore(Store):
             return await self._many(query, project_id, limit)
         query = "SELECT record FROM jobs WHERE project_id = ? AND agent = ? ORDER BY created_at DESC LIMIT ?"
         return await self._many(query, project_id, agent, limit)
+
+    async def find_jobs(self, query: JobQuery) -> list[Job]:
+        where: list[str] = ["1"]
+        params: list[object] = []
+        if query.projects is not None:
+            where.append(f"project_id IN ({', '.join('?' * len(query.projects))})")
+            params.extend(sorted(query.projects))
+        for column, value in (("agent", query.agent), ("status", query.status and query.status.value)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if query.started_by is not None:
+            where.append("json_extract(record, '$.started_by') = ?")
+            params.append(query.started_by)
+        if query.before is not None:
+            where.append("(created_at < ? OR (created_at = ? AND job_id < ?))")
+            params.extend([query.before[0], query.before[0], query.before[1]])
+        sql = f"SELECT record FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, job_id DESC LIMIT ?"
+        return await self._many(sql, *params, query.limit)
 
     async def durations(self, agent: str, project_id: str | None, limit: int) -> list[float]:
         where = "agent = ? AND status = 'completed'" + ("" if project_id is None else " AND project_id = ?")
