@@ -7,12 +7,14 @@ and only then any lookup (an agent, a job) or limit.
 
 from __future__ import annotations
 
+import math
 import time
 
 from starlette.requests import HTTPConnection
 
 from . import validation
 from .auth import Auth, Grant
+from .errors import RateLimited, StoreUnavailable
 from .limits import Limits
 
 
@@ -49,8 +51,17 @@ def requester(conn: HTTPConnection, grant: Grant) -> str:
     return f"user:{grant.subject}" if grant.subject else f"address:{client_address(conn)}"
 
 
-def check_start(conn: HTTPConnection, grant: Grant) -> None:
-    """Count a job start against its token; 429 past the limit. Open mode has no tokens, and no limit."""
-    if grant.key:
-        limits: Limits = conn.state.limits
+async def check_start(conn: HTTPConnection, grant: Grant) -> None:
+    """Count a job start against its token, across every process sharing the store; 429 past the limit.
+    Open mode has no tokens, and no limit."""
+    if not grant.key:
+        return
+    limits: Limits = conn.state.limits
+    try:
+        wait = await conn.state.engine.store.take_start(grant.key, limits.starts.per_minute)
+    except StoreUnavailable:
+        wait = None  # the start itself will answer 503; until then this process's own limiter holds
+    if wait is None:
         limits.starts.check(grant.key)
+    elif wait > 0:
+        raise RateLimited(limits.starts.per_minute, max(1, math.ceil(wait)))

@@ -14,14 +14,16 @@ from typing import Any
 
 import anyio
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import access, cursor, validation
 from .auth import Grant
 from .engine import Engine
 from .errors import BodyTooLarge, InvalidInput, JobNotFound, StoreUnavailable
+from .hub import Hub
 from .jobs import Job, JobStatus
+from .metrics import CONTENT_TYPE, PROCESS_TTL, Counts, Metrics, record_gauges, render
 from .openapi import openapi_schema, package_version
 from .scheduling import IfActive, Priority
 from .store import JobQuery
@@ -102,7 +104,7 @@ async def start_job(request: Request, options: RefreshOptions | None = None) -> 
     """Start (or join) the route's job, counted against the token's start limit."""
     target = resolve_target(request, "run")
     options = options or RefreshOptions()
-    access.check_start(request, target.grant)
+    await access.check_start(request, target.grant)
     return await target.engine.start(
         target.project_id,
         target.agent,
@@ -257,6 +259,35 @@ def _not_ready(status: str, code: str, message: str) -> JSONResponse:
     return JSONResponse({"status": status, "error": {"code": code, "message": message}}, status_code=503)
 
 
+def record_process_gauges(engine: Engine, hub: Hub) -> None:
+    outage = engine.store.outage
+    subscribers = hub.subscribers_by_transport()
+    record_gauges(engine.metrics, subscribers=subscribers, store_errors=outage.errors, outage_seconds=outage.seconds)
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics: every live process's numbers added up (shared stores), and the store's queue.
+
+    Needs the ``admin`` right. With the store down it still answers, with this process's numbers."""
+    access.require(request, "admin")
+    engine = engine_of(request)
+    own: Metrics = request.state.metrics
+    record_process_gauges(engine, request.state.hub)
+    everyone, store_gauges = [own.counts], {}
+    try:
+        with anyio.fail_after(READY_TIMEOUT):
+            shared = await engine.store.share_counts(own.process, own.counts.to_json(), PROCESS_TTL)
+            state = await engine.store.queue_state()
+        everyone = [Counts.from_json(text) for text in shared]
+        store_gauges = {
+            "jobcast_queue_depth": float(len(state.queued)),
+            "jobcast_jobs_running": float(len(state.running)),
+        }
+    except (TimeoutError, StoreUnavailable):
+        pass  # the outage itself shows in jobcast_store_errors and jobcast_store_outage_seconds
+    return Response(render(Counts.total(everyone), store_gauges), media_type=CONTENT_TYPE)
+
+
 async def openapi(request: Request) -> JSONResponse:
     """The OpenAPI document of this server: its root path, its agents, whether it needs tokens. Open."""
     schema = openapi_schema(
@@ -272,6 +303,7 @@ ROUTES = [
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
     Route("/api/agents", agents, methods=["GET"]),
     Route("/api/projects", projects, methods=["GET"]),
     Route("/api/jobs", all_jobs, methods=["GET"]),

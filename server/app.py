@@ -19,6 +19,7 @@ from .errors import StoreUnavailable
 from .http_errors import EXCEPTION_HANDLERS
 from .hub import Hub
 from .limits import Limits
+from .metrics import Metrics, keep_publishing
 from .origins import origin_middleware
 from .plugins import load_agents
 from .settings import Settings
@@ -39,19 +40,21 @@ def create_app(
     store = store if store is not None else store_for(settings)
     auth = Auth.from_settings(settings)
     limits = Limits.from_settings(settings)
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         await store.open()
         try:
             async with anyio.create_task_group() as task_group:
-                hub = Hub(store, task_group, settings.send_buffer)
-                engine = Engine(store, agents, settings, task_group, progress_sink=hub)
+                hub = Hub(store, task_group, settings.send_buffer, metrics)
+                engine = Engine(store, agents, settings, task_group, progress_sink=hub, metrics=metrics)
                 hub.queue_source = engine.places
                 await _recover(engine)
                 if store.shared:
                     task_group.start_soon(engine.keep_leases, name="leases")
                 task_group.start_soon(engine.schedule, name="scheduler")
+                task_group.start_soon(keep_publishing, metrics, store, lambda: api.record_process_gauges(engine, hub))
                 logger.info(
                     "jobcast ready: store %s (epoch %s), agents %s, %d threads",
                     store.kind,
@@ -59,7 +62,14 @@ def create_app(
                     ", ".join(agents),
                     settings.threads,
                 )
-                yield {"engine": engine, "hub": hub, "settings": settings, "auth": auth, "limits": limits}
+                yield {
+                    "engine": engine,
+                    "hub": hub,
+                    "settings": settings,
+                    "auth": auth,
+                    "limits": limits,
+                    "metrics": metrics,
+                }
                 await engine.shutdown()
                 task_group.cancel_scope.cancel()
         finally:

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from .settings import Settings
 from .validation import PROJECT_ID
 
-RIGHTS = ("read", "run")
+#: read: see a project; run: start and cancel its jobs; admin: the operator's view (/metrics)
+RIGHTS = ("read", "run", "admin")
 #: every project, in a token's project list
 ALL_PROJECTS = "*"
 #: the WebSocket subprotocol the server answers with; browsers offer it beside their token

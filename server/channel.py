@@ -19,6 +19,7 @@ import anyio
 from .backoff import Backoff
 from .errors import StoreUnavailable
 from .jobs import Event, OutputChunk, ProgressUpdate
+from .metrics import Counts
 from .store import Store
 from .wire import FELL_BEHIND, Message, job_message, output_message, progress_message
 
@@ -39,12 +40,15 @@ class Subscriber:
 
     # One per connection, 10k at a time: slots, and events made only when someone waits.
     __slots__ = (
-        "limit", "last_seq", "writer", "on_backlog", "on_overflow", "holding", "close_reason",
+        "limit", "last_seq", "writer", "on_backlog", "on_overflow", "holding", "close_reason", "transport", "counts",
         "_transitions", "_progress", "_output", "_wake", "_overflowed",
     )  # fmt: skip
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, transport: str = "websocket") -> None:
         self.limit = limit
+        #: websocket, sse or longpoll; and where it counts what it coalesces and why it closed (/metrics)
+        self.transport = transport
+        self.counts: Counts | None = None
         self.last_seq = 0
         self.writer: Callable[[bytes], bool] | None = None
         self.on_backlog: Callable[[], object] | None = None
@@ -92,6 +96,8 @@ class Subscriber:
         # the job's next tick brings it once the transition is through.
         if seq > self.last_seq or self._is_overflowed() or self._write_now(message):
             return
+        if job_id in self._progress and self.counts is not None:
+            self.counts.add("jobcast_progress_coalesced")
         self._progress[job_id] = (seq, message)
         self._backlogged()
 
@@ -133,6 +139,8 @@ class Subscriber:
     def end(self, reason: str) -> None:
         """Ask the transport to close this subscriber, saying why; the client resumes from its cursor."""
         self.close_reason = reason
+        if reason == FELL_BEHIND and self.counts is not None:
+            self.counts.add("jobcast_slow_consumer_closes", (self.transport,))
         self.overflowed.set()
         self._set_wake()
         if self.on_overflow is not None:
@@ -183,6 +191,8 @@ class Channel:
         #: where each job's output ends, as this channel has sent it: a shared store's gaps are filled from it
         self._output_ends: dict[str, tuple[int, int]] = {}
         self.subscribers: set[Subscriber] = set()
+        #: where the messages handed to subscribers are counted (/metrics)
+        self.counts: Counts | None = None
         self.ready = anyio.Event()
         #: told when a job's final event goes out: its progress is no longer news
         self.on_final: Callable[[str, str], None] = lambda project_id, job_id: None
@@ -272,8 +282,13 @@ class Channel:
         for job_id, message in messages.items():
             for subscriber in self.subscribers:
                 subscriber.push_progress(job_id, 0, message)
+            self._count_sent("queue")
         self._moved.set()
         self._moved = anyio.Event()
+
+    def _count_sent(self, kind: str) -> None:
+        if self.counts is not None:
+            self.counts.add("jobcast_messages_sent", (kind,), len(self.subscribers))
 
     def finished(self, job_id: str) -> bool:
         return job_id in self._finished
@@ -287,6 +302,7 @@ class Channel:
             self.on_final(self.project_id, event.job.job_id)
         for subscriber in self.subscribers:
             subscriber.push_event(event.seq, message, event.job.job_id, final)
+        self._count_sent("job")
         self.cursor = event.seq
 
     def _send_output_tail(self, event: Event) -> None:
@@ -328,6 +344,7 @@ class Channel:
         message = output_message(chunk)
         for subscriber in self.subscribers:
             subscriber.push_output(chunk, message)
+        self._count_sent("output")
         self._moved.set()  # a waiting long-poll answers with it
         self._moved = anyio.Event()
 
@@ -337,3 +354,4 @@ class Channel:
         message = progress_message(update)
         for subscriber in self.subscribers:
             subscriber.push_progress(update.job_id, update.seq, message)
+        self._count_sent("progress")

@@ -31,6 +31,7 @@ from .context import RunContext
 from .errors import NothingToCancel, StaleJob, StoreUnavailable, UnknownAgent
 from .estimates import Estimates
 from .jobs import Job, JobError, JobStatus, OutputChunk, Progress, ProgressUpdate, now
+from .metrics import Metrics
 from .plugins import agent_retry, agent_timeout, attempts_for, is_idempotent
 from .scheduling import Caps, IfActive, Place, Priority, places
 from .settings import Settings
@@ -153,8 +154,10 @@ class Engine:
         settings: Settings,
         task_group: TaskGroup,
         progress_sink: ProgressSink | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or Metrics()
         self._sink: ProgressSink = progress_sink or _NoSink()
         self.agents = agents
         #: threads, max_queued, job_timeout, demo_seconds, progress_interval and the limits are the engine's
@@ -349,6 +352,7 @@ class Engine:
                 run.stop()
             logger.info("job %s started: %s/%s, attempt %d of %d", job.job_id, job.project_id, job.agent,
                         job.attempt, job.max_attempts, extra=job_log(job))  # fmt: skip
+            self.metrics.job_started(job.agent)
             self._task_group.start_soon(self._run_guarded, run, name=f"job {job.job_id}")
 
     # -- lifecycle -----------------------------------------------------------------
@@ -450,6 +454,8 @@ class Engine:
             await self.store.update_job(ended, job.status)
         except StaleJob:
             return None
+        if ended.status.is_final:
+            self._count_outcome(ended)
         return ended.status
 
     # -- running a job ---------------------------------------------------------------
@@ -619,6 +625,15 @@ class Engine:
                         extra=job_log(run.job))  # fmt: skip
             return
         _log_outcome(final)
+        self._count_outcome(final)
+
+    def _count_outcome(self, job: Job) -> None:
+        """The metrics of an attempt that ended: a retry, or a final status with how long it ran."""
+        if job.status is JobStatus.RETRYING:
+            self.metrics.job_retrying(job.agent)
+            return
+        ran = job.finished_at - job.started_at if job.finished_at and job.started_at else None
+        self.metrics.job_finished(job.agent, job.status.value, ran)
 
     async def _fail_after_crash(self, job_id: str) -> None:
         with anyio.CancelScope(shield=True):

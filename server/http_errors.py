@@ -67,6 +67,9 @@ def log_refusal(scope: Scope, exc: JobcastError) -> None:
         kind = "WebSocket" if scope["type"] == "websocket" else scope.get("method", "HTTP")
         path = "".join(c if c.isprintable() else "?" for c in str(scope.get("path", ""))[:200])
         logger.warning("refused %s %s from %s: %d %s", kind, path, address, exc.http_status, exc.code)
+        metrics = scope.get("state", {}).get("metrics")
+        if metrics is not None:
+            metrics.refused("websocket" if scope["type"] == "websocket" else "http", exc.code)
 
 
 async def refuse_handshake(websocket: WebSocket, exc: JobcastError) -> None:

@@ -19,6 +19,7 @@ from anyio.abc import TaskGroup
 from .channel import Channel, EpochChanged, Subscriber
 from .errors import StoreUnavailable
 from .jobs import OutputChunk, ProgressUpdate
+from .metrics import Metrics
 from .scheduling import Place
 from .store import Store
 from .wire import CHANNEL_FAILED, NEW_EPOCH, Message, progress_message, queue_message
@@ -34,8 +35,9 @@ T = TypeVar("T")
 class Hub:
     """Channels by project for this process."""
 
-    def __init__(self, store: Store, task_group: TaskGroup, send_buffer: int) -> None:
+    def __init__(self, store: Store, task_group: TaskGroup, send_buffer: int, metrics: Metrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics or Metrics()
         self._task_group = task_group
         self._send_buffer = send_buffer
         self._channels: dict[str, Channel] = {}
@@ -58,6 +60,14 @@ class Hub:
         """Open WebSockets and SSE streams."""
         return sum(len(channel.subscribers) for channel in self._channels.values()) - self.waiting_polls
 
+    def subscribers_by_transport(self) -> dict[str, int]:
+        """Open WebSockets, SSE streams and waiting long-polls, by transport (/metrics)."""
+        counted = dict.fromkeys(("websocket", "sse", "longpoll"), 0)
+        for channel in self._channels.values():
+            for subscriber in channel.subscribers:
+                counted[subscriber.transport] = counted.get(subscriber.transport, 0) + 1
+        return counted
+
     @property
     def waiting_polls(self) -> int:
         """Long-polls waiting on a channel."""
@@ -66,7 +76,7 @@ class Hub:
     @contextlib.asynccontextmanager
     async def subscribe(self, project_id: str) -> AsyncIterator[Subscriber]:
         """Join the project's channel; live events queue up from the moment this returns."""
-        subscriber = Subscriber(self._send_buffer)
+        subscriber = Subscriber(self._send_buffer, "sse")
         try:
             await self.join(project_id, subscriber)
             yield subscriber
@@ -79,8 +89,10 @@ class Hub:
         if channel is None:
             channel = self._channels[project_id] = Channel(project_id, self.store, self._deliver_progress)
             channel.on_final = self.job_ended
+            channel.counts = self.metrics.counts
             self._task_group.start_soon(self._run_channel, channel, name=f"channel {project_id}")
             self.queue_changed()  # its queued jobs' places, for the new subscribers
+        subscriber.counts = self.metrics.counts
         channel.subscribers.add(subscriber)  # before waiting, so the channel cannot close under us
         await channel.ready.wait()
         if channel.failure is not None:
@@ -299,7 +311,7 @@ class _Waiter(Subscriber):
     __slots__ = ("progressed",)
 
     def __init__(self, limit: int) -> None:
-        super().__init__(limit)
+        super().__init__(limit, "longpoll")
         self.progressed = anyio.Event()
 
     def push_event(self, seq: int, message: Message, job_id: str, final: bool) -> None:

@@ -1,7 +1,9 @@
 """Limits on what one client can hold or do: open streams, job starts, WebSocket messages.
 
 Plain in-process counters and token buckets, with the clock passed in, so tests drive
-them directly. They are per process: with several workers each keeps its own counts.
+them directly. They are per process; on a Redis store the start limit is kept in Redis
+instead, for the whole cluster (:meth:`~server.store.Store.take_start`, used by
+:func:`server.access.check_start`).
 """
 
 from __future__ import annotations

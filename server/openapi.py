@@ -272,6 +272,7 @@ def _api_paths(agents: Sequence[str]) -> Schema:
     return {
         "/healthz": {"get": _healthz()},
         "/readyz": {"get": _readyz()},
+        "/metrics": {"get": _metrics()},
         "/openapi.json": {"get": _openapi_json()},
         "/api/agents": {"get": _list_agents()},
         "/api/projects": {"get": _list_projects()},
@@ -296,6 +297,13 @@ def _readyz() -> Schema:
         "503": json_response("Not ready: the store is unreachable, or the process is shutting down", ref("NotReady")),
     }
     return operation("readyz", "Readiness: can this process do its work now?", "health", responses, open_route=True)
+
+
+def _metrics() -> Schema:
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    ok = {"200": {"description": "Prometheus metrics, every process's added up (docs/operations.md)", "content": text}}
+    summary = "Prometheus metrics; needs the admin right when the server has a secret"
+    return operation("metrics", summary, "health", ok, TOKEN)
 
 
 def _openapi_json() -> Schema:

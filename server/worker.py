@@ -21,6 +21,7 @@ from . import logs
 from .engine import Engine
 from .errors import ConfigError, StoreUnavailable
 from .hub import Hub
+from .metrics import Metrics, keep_publishing, record_gauges
 from .plugins import load_agents
 from .settings import Settings
 from .store import Store, store_for
@@ -55,14 +56,17 @@ async def work(settings: Settings, store: Store, agents: Mapping[str, Agent]) ->
     try:
         async with anyio.create_task_group() as task_group:
             # The hub has no subscribers here; it sends this process's progress through the store.
-            hub = Hub(store, task_group, settings.send_buffer)
-            engine = Engine(store, agents, settings, task_group, progress_sink=hub)
+            metrics = Metrics()
+            hub = Hub(store, task_group, settings.send_buffer, metrics)
+            engine = Engine(store, agents, settings, task_group, progress_sink=hub, metrics=metrics)
             try:
                 await engine.recover("the process running the job stopped before it finished")
             except StoreUnavailable:
                 logger.warning("could not look for interrupted jobs: the store is unavailable")
             task_group.start_soon(engine.keep_leases, name="leases")
             task_group.start_soon(engine.schedule, name="scheduler")
+            # It serves no /metrics: its numbers reach the cluster's scrapes through the store.
+            task_group.start_soon(keep_publishing, metrics, store, lambda: _record_gauges(metrics, store))
             logger.info(
                 "jobcast worker ready: store %s, agents %s, %d threads, pid %s",
                 store.kind,
@@ -84,3 +88,7 @@ async def work(settings: Settings, store: Store, agents: Mapping[str, Agent]) ->
             task_group.cancel_scope.cancel()
     finally:
         await store.close()
+
+
+def _record_gauges(metrics: Metrics, store: Store) -> None:
+    record_gauges(metrics, subscribers={}, store_errors=store.outage.errors, outage_seconds=store.outage.seconds)

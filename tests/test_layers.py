@@ -15,7 +15,19 @@ PACKAGE = Path(jobcast.__file__).parent
 #: A module may import its own layer and the layers below, never one above. The wire format is pure and sits
 #: with the jobs it describes, so the hub can encode each event once for every subscriber.
 SERVER_LAYERS: list[set[str]] = [
-    {"errors", "jobs", "scheduling", "validation", "backoff", "settings", "cursor", "logs", "uvicorn_ws", "wire"},
+    {
+        "errors",
+        "jobs",
+        "scheduling",
+        "validation",
+        "backoff",
+        "settings",
+        "cursor",
+        "logs",
+        "metrics",
+        "uvicorn_ws",
+        "wire",
+    },
     {"store"},
     {"context", "plugins", "estimates", "engine", "channel", "hub"},
     {"views", "openapi", "auth", "limits", "access", "origins", "http_errors"},

@@ -138,10 +138,10 @@ class LiveServer:
 
 @contextlib.contextmanager
 def secured(tmp_path: Path) -> Iterator[LiveServer]:
-    """A server with a secret (from JOBCAST_SECRET), and a token for every project with every right."""
+    """A server with a secret (from JOBCAST_SECRET), and a token for every project with every right (admin too)."""
     env = {"JOBCAST_SECRET": SECRET}
     with jobcast_server([*ARGS, *AGENTS], tmp_path / "server.log", env=env) as server:
-        yield LiveServer(f"{server.url}/openapi.json", Tokens().mint(("*",)))
+        yield LiveServer(f"{server.url}/openapi.json", Tokens().mint(("*",), ("read", "run", "admin")))
 
 
 @contextlib.contextmanager

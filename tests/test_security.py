@@ -263,7 +263,7 @@ def test_jobcast_token_refuses_bad_input_without_printing_a_token() -> None:
     for extra, env in [
         ([], {"JOBCAST_SECRET": ""}),
         (["--secret", "short"], {}),
-        (["--secret", SECRET, "--rights", "read,admin"], {}),
+        (["--secret", SECRET, "--rights", "read,root"], {}),
         (["--secret", SECRET, "--ttl", "forever"], {}),
     ]:
         result = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=WAIT, env=_env(env))

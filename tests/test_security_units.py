@@ -181,8 +181,9 @@ def test_ttl_and_rights_parsing() -> None:
         with pytest.raises(ValueError):
             parse_ttl(bad)
     assert parse_rights("run, read") == ("read", "run")
+    assert parse_rights("admin") == ("admin",)
     with pytest.raises(ValueError):
-        parse_rights("read,admin")
+        parse_rights("read,root")
 
 
 def test_a_token_bucket_allows_a_burst_then_the_rate() -> None:

@@ -12,6 +12,7 @@ import abc
 import dataclasses
 import itertools
 import math
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 
@@ -43,6 +44,8 @@ class Store(abc.ABC):
         self._claiming = anyio.Lock()
         #: when the earliest retrying job may start, as the last look at the queue saw it
         self.next_retry_at: float | None = None
+        #: failed calls and time unavailable, for /metrics
+        self.outage = Outage()
 
     def claim(self, serving: str | None = None) -> None:
         """Take the store for this process before it serves (``jobcast serve`` calls it first).
@@ -254,6 +257,16 @@ class Store(abc.ABC):
         """
         return [job for job in await self.active_jobs() if job.status is JobStatus.RUNNING]
 
+    async def take_start(self, key: str, per_minute: int) -> float | None:
+        """One job start against ``key``'s budget of ``per_minute``, across every process: 0 if allowed, else
+        the seconds to wait. None: the store has no other process, and the process's own limiter decides."""
+        return None
+
+    async def share_counts(self, process: str, counts: str, max_age: float) -> list[str]:
+        """Publish this process's metrics (JSON) and return every process's published within ``max_age``
+        seconds, this one's included. Only shared stores have other processes to add up."""
+        return [counts]
+
     async def check_epoch(self) -> str:
         """The current epoch, after making sure it still describes the log (shared stores)."""
         return self.epoch
@@ -278,6 +291,30 @@ class Follower:
         while not (events := await self.store.events_after(self.project_id, after, limit)):
             await self.store.wait_for_events(self.project_id, after, math.inf)
         return events, [], []
+
+
+class Outage:
+    """How often the store failed, and for how long it has been unavailable in all."""
+
+    def __init__(self) -> None:
+        self.errors = 0
+        self._down_since: float | None = None
+        self._past = 0.0
+
+    def failed(self) -> None:
+        self.errors += 1
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+
+    def recovered(self) -> None:
+        if self._down_since is not None:
+            self._past += time.monotonic() - self._down_since
+            self._down_since = None
+
+    @property
+    def seconds(self) -> float:
+        ongoing = 0.0 if self._down_since is None else time.monotonic() - self._down_since
+        return self._past + ongoing
 
 
 def history_key(job: Job) -> tuple[float, str]:

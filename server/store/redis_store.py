@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
@@ -324,6 +325,22 @@ return found
 """
 
 # ARGV: prefix, run_id, candidate epoch; keeps the epoch while the same Redis server runs
+#: a token bucket every process shares: ``capacity`` starts, refilled at ``rate`` a second, on Redis's clock
+_TAKE_START = """
+local key, capacity, rate = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local held = redis.call('HMGET', key, 'tokens', 'updated')
+local tokens = tonumber(held[1]) or capacity
+local updated = tonumber(held[2]) or now
+tokens = math.min(capacity, tokens + math.max(0, now - updated) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', key, 'tokens', tostring(tokens), 'updated', tostring(now))
+redis.call('EXPIRE', key, math.ceil(capacity / rate) + 60)
+return tostring(wait)
+"""
+
 _ENSURE_EPOCH = """
 local key = ARGV[1] .. 'epoch'
 local id = redis.call('HGET', key, 'id')
@@ -430,6 +447,7 @@ class RedisStore(Store):
                 "renew": _RENEW,
                 "orphans": _ORPHANS,
                 "ensure_epoch": _ENSURE_EPOCH,
+                "take_start": _TAKE_START,
                 "snapshot": _SNAPSHOT,
             }.items()
         }
@@ -506,6 +524,7 @@ class RedisStore(Store):
             raise StoreUnavailable("the Redis store is unavailable; try again shortly") from None
         if self._unavailable:
             self._unavailable = self._silent = False
+            self.outage.recovered()
             logger.warning("Redis at %s is reachable again", self.location)
         return result
 
@@ -518,12 +537,14 @@ class RedisStore(Store):
             return
         now = anyio.current_time()
         if now < self._next_probe:
+            self.outage.failed()
             raise StoreUnavailable("the Redis store is unavailable; try again shortly", maybe_applied=False)
         self._next_probe = now + PROBE_INTERVAL
 
     def _went_away(self, exc: BaseException) -> None:
         # Redis may have restarted meanwhile, perhaps empty: check the epoch before trusting the log.
         self._epoch_checked = False
+        self.outage.failed()
         self._silent = isinstance(exc, TimeoutError | RedisTimeoutError)
         self._next_probe = anyio.current_time() + PROBE_INTERVAL
         if not self._unavailable:
@@ -785,6 +806,32 @@ class RedisStore(Store):
                 break
             offset += batch
         return query.page(found)
+
+    async def take_start(self, key: str, per_minute: int) -> float | None:
+        script = self._scripts["take_start"]
+        return float(await self._call(script, args=[self._key("starts", key), per_minute, per_minute / 60]))
+
+    async def share_counts(self, process: str, counts: str, max_age: float) -> list[str]:
+        """Each process's metrics are a field of one hash, stamped; stale ones are dropped as they are read."""
+        key, now = self._key("metrics"), time.time()
+
+        async def exchange() -> dict[str, str]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hset(key, process, json.dumps({"at": now, "counts": counts}))
+                pipe.hgetall(key)
+                return dict((await pipe.execute())[1])
+
+        published = await self._call(exchange)
+        live, stale = [], []
+        for name, text in published.items():
+            entry = json.loads(text)
+            if now - entry["at"] <= max_age:
+                live.append(entry["counts"])
+            else:
+                stale.append(name)  # a process gone for good: its numbers no longer count
+        if stale:
+            await self._call(self.client.hdel, key, *stale)
+        return live
 
     async def last_results(self, project_id: str) -> dict[str, LastResult]:
         rows = await self._call(self.client.hgetall, self._key("results", project_id))

@@ -158,9 +158,11 @@ class SQLiteStore(Store):
             if not self._failing:
                 logger.warning("the SQLite store at %s failed: %s", self.path, exc)
             self._failing = True
+            self.outage.failed()
             raise StoreUnavailable(f"the store failed ({exc}); try again shortly") from exc
         if self._failing:
             self._failing = False
+            self.outage.recovered()
             logger.warning("the SQLite store at %s works again", self.path)
         return result
 
