@@ -337,6 +337,14 @@ async def wait_all_saw(clients: list[Client], job_id: str) -> None:
         await asyncio.sleep(0.01)
 
 
+async def wait_busy(http: httpx.AsyncClient, threads: int) -> None:
+    """Until every thread runs a busy job: the scheduler starts them just after the refreshes return."""
+    deadline = time.monotonic() + 30
+    while (health := (await http.get("/healthz")).json())["busy_threads"] != threads:
+        assert time.monotonic() < deadline, health
+        await asyncio.sleep(0.01)
+
+
 async def status(config: dict[str, Any]) -> None:
     """Latency of GET /api/projects/{id}, one request at a time, as a dashboard's fallback makes it."""
     port, requests = config["port"], config["requests"]
@@ -347,8 +355,7 @@ async def status(config: dict[str, Any]) -> None:
             if busy:
                 for index in range(config["workers"]):
                     await http.post(f"/api/projects/busy{index}/agents/busy/refresh")
-                health = (await http.get("/healthz")).json()
-                assert health["busy_threads"] == config["workers"], health
+                await wait_busy(http, config["workers"])
             latencies = []
             for _ in range(requests):
                 started = time.perf_counter()

@@ -54,6 +54,7 @@ def create_app(
                 if store.shared:
                     task_group.start_soon(engine.keep_leases, name="leases")
                 task_group.start_soon(engine.schedule, name="scheduler")
+                task_group.start_soon(limits.keep_publishing, store, name="connections")
                 task_group.start_soon(keep_publishing, metrics, store, lambda: api.record_process_gauges(engine, hub))
                 logger.info(
                     "jobcast ready: store %s (epoch %s), agents %s, %d threads",

@@ -1,9 +1,10 @@
 """Limits on what one client can hold or do: open streams, job starts, WebSocket messages.
 
 Plain in-process counters and token buckets, with the clock passed in, so tests drive
-them directly. They are per process; on a Redis store the start limit is kept in Redis
-instead, for the whole cluster (:meth:`~server.store.Store.take_start`, used by
-:func:`server.access.check_start`).
+them directly. On a Redis store two of them hold for the whole cluster: the start limit
+is kept in Redis (:meth:`~server.store.Store.take_start`, used by
+:func:`server.access.check_start`), and the connection cap adds the streams the client
+holds in the other processes, which each publishes every :data:`PUBLISH_INTERVAL`.
 """
 
 from __future__ import annotations
@@ -13,19 +14,27 @@ import contextlib
 import dataclasses
 import math
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from .errors import RateLimited, TooManyConnections
+import anyio
+
+from .errors import RateLimited, StoreUnavailable, TooManyConnections
 
 Clock = Callable[[], float]
 
 #: buckets kept before full (idle) ones are dropped
 _PRUNE_ABOVE = 10_000
+#: how often each process publishes its streams per client address (a shared store), and how long they count:
+#: the cluster-wide cap may let through what several processes accept within one interval
+PUBLISH_INTERVAL = 1.0
+CONNECTIONS_MAX_AGE = 5.0
 
 
 if TYPE_CHECKING:
     from .settings import Settings
+    from .store import Store
 
 
 class TokenBucket:
@@ -84,11 +93,15 @@ class ConnectionCounter:
     def count(self, address: str) -> int:
         return self._open[address]
 
-    def acquire(self, address: str) -> None:
-        """Count one more stream of ``address``; TooManyConnections if it holds the limit already."""
-        if self._open[address] >= self.limit:
+    def acquire(self, address: str, elsewhere: int = 0) -> None:
+        """Count one more stream of ``address``; TooManyConnections if it holds the limit already,
+        here and ``elsewhere`` (in the other processes of a cluster) together."""
+        if self._open[address] + elsewhere >= self.limit:
             raise TooManyConnections(self.limit)
         self._open[address] += 1
+
+    def table(self) -> dict[str, int]:
+        return dict(self._open)
 
     def release(self, address: str) -> None:
         self._open[address] -= 1
@@ -113,6 +126,26 @@ class Limits:
     starts: RateLimiter
     messages_per_second: int
     clock: Clock = time.monotonic
+    #: this process, among those that publish their streams to a shared store
+    process: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    async def open_stream(self, address: str, store: Store) -> None:
+        """Count a stream of ``address`` against the cap, across the cluster on a shared store;
+        release it with ``connections.release``. While the store does not answer, this process's count decides."""
+        elsewhere = 0
+        if store.shared:
+            with contextlib.suppress(StoreUnavailable):
+                elsewhere = await store.connections_elsewhere(address, self.process, CONNECTIONS_MAX_AGE)
+        self.connections.acquire(address, elsewhere)
+
+    async def keep_publishing(self, store: Store) -> None:
+        """On a shared store, publish this process's streams per address every :data:`PUBLISH_INTERVAL`."""
+        if not store.shared:
+            return
+        while True:
+            with contextlib.suppress(StoreUnavailable):
+                await store.publish_connections(self.process, self.connections.table(), CONNECTIONS_MAX_AGE)
+            await anyio.sleep(PUBLISH_INTERVAL)
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock = time.monotonic) -> Limits:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from tests.guarded import SECRET, Tokens
 from tests.redis_server import RedisServer
 from tests.servers import jobcast_server
-from tests.support import WAIT
+from tests.support import WAIT, eventually
 
 PER_MINUTE = 4
 
@@ -38,3 +41,29 @@ def test_the_start_limit_holds_across_two_processes(tmp_path: Path, redis_server
         other_token = {"authorization": f"Bearer {Tokens().mint(('*',), ('read', 'run'), ttl=300)}"}
         fresh = httpx.post(f"{first.url}/api/projects/z/agents/quick/refresh", headers=other_token, timeout=WAIT)
         assert fresh.status_code == 202  # the limit is per token
+
+
+def test_the_connection_cap_holds_across_two_processes(tmp_path: Path, redis_server: RedisServer) -> None:
+    """A cap of 2 per client address: one WebSocket on each process fills it, for both; closing one frees it."""
+    args = ["--store", redis_server.url(), "--agent", "tests.agents:QuickAgent", "--max-connections-per-client", "2"]
+    with (
+        jobcast_server(args, tmp_path / "a.log") as first,
+        jobcast_server(args, tmp_path / "b.log") as second,
+        connect(f"ws://127.0.0.1:{first.port}/ws/projects/acme"),
+    ):
+        with connect(f"ws://127.0.0.1:{second.port}/ws/projects/acme"):
+            # Each process publishes its streams every second: until both have, a third may get through.
+            eventually(lambda: refused(first.port), what="a third stream refused by the first process")
+            eventually(lambda: refused(second.port), what="a third stream refused by the second process")
+        eventually(lambda: not refused(first.port), what="the freed slot usable through the other process")
+
+
+def refused(port: int) -> bool:
+    """Try one more stream: True if refused with 429 too_many_connections; if it got through, close it again."""
+    try:
+        with connect(f"ws://127.0.0.1:{port}/ws/projects/acme"):
+            return False
+    except InvalidStatus as exc:
+        assert exc.response.status_code == 429
+        assert json.loads(exc.response.body or b"{}")["error"]["code"] == "too_many_connections"
+        return True

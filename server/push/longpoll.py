@@ -28,8 +28,12 @@ async def poll_events(request: Request) -> JSONResponse:
     seconds_left = grant.seconds_left(time.time())
     if seconds_left is not None:  # never answer with what happened after the token expired
         wait = min(wait, math.floor(seconds_left))
-    with services.limits.connections.hold(access.client_address(request)):
+    address = access.client_address(request)
+    await services.limits.open_stream(address, services.engine.store)
+    try:
         return await _poll(request, services, project_id, wait)
+    finally:
+        services.limits.connections.release(address)
 
 
 async def _poll(request: Request, services: Services, project_id: str, wait: int) -> JSONResponse:

@@ -39,7 +39,7 @@ class EventStream:
         """Count the stream against its client address (429 past the limit), then stream."""
         connections = self.services.limits.connections
         try:
-            connections.acquire(self.address)
+            await self.services.limits.open_stream(self.address, self.services.engine.store)
         except JobcastError as exc:
             log_refusal(scope, exc)
             await response_for(exc)(scope, receive, send)

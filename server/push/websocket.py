@@ -35,7 +35,7 @@ async def project_socket(websocket: WebSocket) -> None:
     address = access.client_address(websocket)
     try:
         grant, project_id = access.project_access(websocket, "read")
-        services.limits.connections.acquire(address)
+        await services.limits.open_stream(address, services.engine.store)
     except JobcastError as exc:
         await refuse_handshake(websocket, exc)
         return

@@ -262,6 +262,13 @@ class Store(abc.ABC):
         the seconds to wait. None: the store has no other process, and the process's own limiter decides."""
         return None
 
+    async def connections_elsewhere(self, address: str, process: str, max_age: float) -> int:
+        """Streams ``address`` holds in the other processes sharing the store, as each last published."""
+        return 0
+
+    async def publish_connections(self, process: str, counts: Mapping[str, int], max_age: float) -> None:
+        """Publish this process's streams per client address (shared stores), good for ``max_age`` seconds."""
+
     async def share_counts(self, process: str, counts: str, max_age: float) -> list[str]:
         """Publish this process's metrics (JSON) and return every process's published within ``max_age``
         seconds, this one's included. Only shared stores have other processes to add up."""

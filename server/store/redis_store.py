@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -341,6 +342,16 @@ redis.call('EXPIRE', key, math.ceil(capacity / rate) + 60)
 return tostring(wait)
 """
 
+#: the streams one client address holds in the other live processes, as each last published them
+_CONNECTIONS_ELSEWHERE = """
+local p, address, me, oldest = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local total = 0
+for _, process in ipairs(redis.call('ZRANGEBYSCORE', p .. 'conns', oldest, '+inf')) do
+  if process ~= me then total = total + (tonumber(redis.call('HGET', p .. 'conns:' .. process, address)) or 0) end
+end
+return total
+"""
+
 _ENSURE_EPOCH = """
 local key = ARGV[1] .. 'epoch'
 local id = redis.call('HGET', key, 'id')
@@ -448,6 +459,7 @@ class RedisStore(Store):
                 "orphans": _ORPHANS,
                 "ensure_epoch": _ENSURE_EPOCH,
                 "take_start": _TAKE_START,
+                "connections_elsewhere": _CONNECTIONS_ELSEWHERE,
                 "snapshot": _SNAPSHOT,
             }.items()
         }
@@ -810,6 +822,26 @@ class RedisStore(Store):
     async def take_start(self, key: str, per_minute: int) -> float | None:
         script = self._scripts["take_start"]
         return float(await self._call(script, args=[self._key("starts", key), per_minute, per_minute / 60]))
+
+    async def connections_elsewhere(self, address: str, process: str, max_age: float) -> int:
+        script = self._scripts["connections_elsewhere"]
+        return int(await self._call(script, args=[self.prefix, address, process, time.time() - max_age]))
+
+    async def publish_connections(self, process: str, counts: Mapping[str, int], max_age: float) -> None:
+        """This process's table replaces its last one at once (MULTI), and expires unless published again."""
+        key, now = self._key("conns", process), time.time()
+
+        async def publish() -> None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                if counts:
+                    pipe.hset(key, mapping=dict(counts))
+                pipe.expire(key, math.ceil(max_age))
+                pipe.zadd(self._key("conns"), {process: now})
+                pipe.zremrangebyscore(self._key("conns"), "-inf", now - max_age)
+                await pipe.execute()
+
+        await self._call(publish)
 
     async def share_counts(self, process: str, counts: str, max_age: float) -> list[str]:
         """Each process's metrics are a field of one hash, stamped; stale ones are dropped as they are read."""
