@@ -143,7 +143,7 @@ class Limits:
         if not store.shared:
             return
         while True:
-            with contextlib.suppress(StoreUnavailable):
+            with contextlib.suppress(Exception):  # the store is away or slow: the next round, never the app's end
                 await store.publish_connections(self.process, self.connections.table(), CONNECTIONS_MAX_AGE)
             await anyio.sleep(PUBLISH_INTERVAL)
 
