@@ -338,7 +338,7 @@ async def wait_all_saw(clients: list[Client], job_id: str) -> None:
 
 
 async def wait_busy(http: httpx.AsyncClient, threads: int) -> None:
-    """Until every thread runs a busy job: the scheduler starts them just after the refreshes return."""
+    """Until exactly ``threads`` threads run jobs: the scheduler starts (and stops) them just after the calls return."""
     deadline = time.monotonic() + 30
     while (health := (await http.get("/healthz")).json())["busy_threads"] != threads:
         assert time.monotonic() < deadline, health
@@ -365,6 +365,8 @@ async def status(config: dict[str, Any]) -> None:
             if busy:
                 for index in range(config["workers"]):
                     await http.post(f"/api/projects/busy{index}/agents/busy/cancel")
+                # A refresh made while the cancelled job is still stopping would get that job back.
+                await wait_busy(http, 0)
             emit(summary(latencies))
 
 

@@ -131,7 +131,9 @@ async def cancel(request: Request) -> JSONResponse:
 
 async def project_status(request: Request) -> JSONResponse:
     _, project_id = access.project_access(request, "read")
-    return JSONResponse(await project_view(engine_of(request), project_id))
+    view = await project_view(engine_of(request), project_id)
+    view["watching"] = await request.state.presence.watching(project_id)
+    return JSONResponse(view)
 
 
 async def agent_job(request: Request) -> JSONResponse:

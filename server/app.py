@@ -22,6 +22,7 @@ from .limits import Limits
 from .metrics import Metrics, keep_publishing
 from .origins import origin_middleware
 from .plugins import load_agents
+from .presence import Presence
 from .settings import Settings
 from .store import Store, store_for
 
@@ -50,11 +51,13 @@ def create_app(
                 hub = Hub(store, task_group, settings.send_buffer, metrics)
                 engine = Engine(store, agents, settings, task_group, progress_sink=hub, metrics=metrics)
                 hub.queue_source = engine.places
+                presence = Presence(hub, store, limits.process)
                 await _recover(engine)
                 if store.shared:
                     task_group.start_soon(engine.keep_leases, name="leases")
                 task_group.start_soon(engine.schedule, name="scheduler")
                 task_group.start_soon(limits.keep_publishing, store, name="connections")
+                task_group.start_soon(presence.keep_pushing, name="presence")
                 task_group.start_soon(keep_publishing, metrics, store, lambda: api.record_process_gauges(engine, hub))
                 logger.info(
                     "jobcast ready: store %s (epoch %s), agents %s, %d threads",
@@ -70,6 +73,7 @@ def create_app(
                     "auth": auth,
                     "limits": limits,
                     "metrics": metrics,
+                    "presence": presence,
                 }
                 await engine.shutdown()
                 task_group.cancel_scope.cancel()

@@ -23,6 +23,8 @@ from .metrics import Counts
 from .store import Store
 from .wire import FELL_BEHIND, Message, job_message, output_message, progress_message
 
+#: Where a subscriber keeps the project's latest ``presence`` message among its latest-value news (no job has it).
+PRESENCE_KEY = "presence"
 #: How many finished job ids a channel remembers, to drop progress that races a final state.
 _FINISHED_MEMORY = 1024
 _READ_BATCH = 500
@@ -285,6 +287,12 @@ class Channel:
             self._count_sent("queue")
         self._moved.set()
         self._moved = anyio.Event()
+
+    def publish_presence(self, message: Message) -> None:
+        """The project's number of watchers (a ``presence`` message): latest-value, like a queued job's place."""
+        for subscriber in self.subscribers:
+            subscriber.push_progress(PRESENCE_KEY, 0, message)
+        self._count_sent("presence")
 
     def _count_sent(self, kind: str) -> None:
         if self.counts is not None:

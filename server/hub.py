@@ -9,6 +9,7 @@ channel rather than on a store connection each.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
@@ -16,13 +17,13 @@ from typing import Any, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 
-from .channel import Channel, EpochChanged, Subscriber
+from .channel import PRESENCE_KEY, Channel, EpochChanged, Subscriber
 from .errors import StoreUnavailable
 from .jobs import OutputChunk, ProgressUpdate
 from .metrics import Metrics
 from .scheduling import Place
 from .store import Store
-from .wire import CHANNEL_FAILED, NEW_EPOCH, Message, progress_message, queue_message
+from .wire import CHANNEL_FAILED, NEW_EPOCH, Message, presence_message, progress_message, queue_message
 
 #: A queued job's place is pushed at most this often (it is latest-value, like progress).
 QUEUE_PUSH_INTERVAL = 1.0
@@ -54,6 +55,8 @@ class Hub:
         self._places: dict[str, dict[str, Message]] = {}
         self._places_stale = False
         self._placing = False
+        #: the last ``presence`` message sent for each followed project
+        self._presence: dict[str, PresenceNews] = {}
 
     @property
     def subscriber_count(self) -> int:
@@ -67,6 +70,28 @@ class Hub:
             for subscriber in channel.subscribers:
                 counted[subscriber.transport] = counted.get(subscriber.transport, 0) + 1
         return counted
+
+    def watcher_counts(self) -> dict[str, int]:
+        """Open WebSockets (and /ws subscriptions) and SSE streams per project; long-polls are counted apart."""
+        counted = {}
+        for project_id, channel in self._channels.items():
+            watching = sum(not isinstance(sub, _Waiter) for sub in channel.subscribers)
+            if watching:
+                counted[project_id] = watching
+        return counted
+
+    def followed_projects(self) -> list[str]:
+        """The projects this process has a channel for."""
+        return list(self._channels)
+
+    def publish_presence(self, project_id: str, watching: int) -> None:
+        """Push the project's number of watchers if it changed (latest-value, like progress)."""
+        channel = self._channels.get(project_id)
+        sent = self._presence.get(project_id)
+        if channel is None or (sent is not None and sent.watching == watching):
+            return
+        self._presence[project_id] = sent = PresenceNews(watching, presence_message(project_id, watching))
+        channel.publish_presence(sent.message)
 
     @property
     def waiting_polls(self) -> int:
@@ -109,6 +134,7 @@ class Hub:
             del self._channels[project_id]
             self._forget_remote_progress(project_id)
             self._places.pop(project_id, None)
+            self._presence.pop(project_id, None)
 
     def _forget_remote_progress(self, project_id: str) -> None:
         """Without a channel, nothing tells this process when another process's job ends."""
@@ -175,6 +201,9 @@ class Hub:
             subscriber.push_progress(update.job_id, update.seq, progress_message(update))
         for job_id, message in self._places.get(project_id, {}).items():
             subscriber.push_progress(job_id, 0, message)
+        presence = self._presence.get(project_id)
+        if presence is not None:
+            subscriber.push_progress(PRESENCE_KEY, 0, presence.message)
 
     # -- where queued jobs stand ------------------------------------------------------------
 
@@ -296,6 +325,12 @@ class Hub:
         if self._channels.get(channel.project_id) is channel:
             del self._channels[channel.project_id]
             self._forget_remote_progress(channel.project_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class PresenceNews:
+    watching: int
+    message: Message
 
 
 async def _progressed(waiter: _Waiter) -> bool:

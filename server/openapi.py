@@ -450,9 +450,23 @@ def _poll_events() -> Schema:
         query_parameter(
             "output", output, "`JOB.ATTEMPT.LENGTH,...`: how much of each running job's output the client has"
         ),
+        query_parameter(
+            "client",
+            {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+            "the poller's own id, so presence counts it once (else its address and user agent)",
+        ),
     ]
     ok = {"200": json_response("What happened after the cursor, or a snapshot", ref("PollReply"))}
-    refusals = [*TOKEN, *TEMPLATED, *PROJECT, (400, "invalid_wait"), (400, "invalid_output"), *STREAM, *STORE]
+    refusals = [
+        *TOKEN,
+        *TEMPLATED,
+        *PROJECT,
+        (400, "invalid_wait"),
+        (400, "invalid_output"),
+        (400, "invalid_client"),
+        *STREAM,
+        *STORE,
+    ]
     summary = "Long-poll a project's events"
     return operation("pollEvents", summary, "push", ok, refusals, parameters=parameters)
 
@@ -524,6 +538,7 @@ def _page_paths() -> Schema:
                 parameters=[project_id_parameter()],
             )
         },
+        "/jobs": {"get": _file("jobsPage", "The dashboard's list of jobs across projects", "text/html")},
         "/favicon.ico": {"get": _file("favicon", "The icon (an SVG)", "image/svg+xml")},
         "/jobcast.js": {"get": _file("browserClient", "The browser client, an ES module", "text/javascript")},
         "/jobcast.d.ts": {"get": _file("browserClientTypes", "The browser client's TypeScript types", "text/plain")},
@@ -643,6 +658,7 @@ def _api_schemas() -> Schema:
                 "epoch": string(),
                 "seq": count(),
                 "agents": {"type": "object", "additionalProperties": ref("AgentState")},
+                "watching": count(),
             }
         ),
         "JobHistory": closed({"project_id": string(), "jobs": {"type": "array", "items": ref("Job")}}),
@@ -751,6 +767,7 @@ def _poll_common() -> Schema:
         "progress": {"type": "array", "items": ref("ProgressMessage")},
         "queue": {"type": "array", "items": ref("QueueMessage")},
         "output": {"type": "array", "items": ref("OutputMessage")},
+        "watching": count(),
     }
 
 

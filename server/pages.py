@@ -1,4 +1,4 @@
-"""The dashboard (two static pages and their modules) and jobcast.js, shipped inside the package.
+"""The dashboard (three static pages and their modules) and jobcast.js, shipped inside the package.
 
 No build step and nothing from a CDN: the pages work offline. The project page reads
 its project id from its own URL; the server only checks that the id is valid. Behind a
@@ -35,6 +35,10 @@ async def home(request: Request) -> HTMLResponse:
     return page("index.html", request)
 
 
+async def jobs(request: Request) -> HTMLResponse:
+    return page("jobs.html", request)
+
+
 async def project(request: Request) -> HTMLResponse:
     validation.project_id(request.path_params["project_id"])
     return page("project.html", request)
@@ -56,6 +60,7 @@ async def favicon(request: Request) -> FileResponse:
 ROUTES = [
     Route("/favicon.ico", favicon, methods=["GET"]),
     Route("/", home, methods=["GET"]),
+    Route("/jobs", jobs, methods=["GET"]),
     Route("/jobcast.js", client_module, methods=["GET"]),
     Route("/jobcast.d.ts", client_types, methods=["GET"]),
     Route("/projects/{project_id}", project, methods=["GET"]),

@@ -162,6 +162,7 @@ class Settings:
     require_auth: bool = option(False, _boolean, "refuse to start without --secret or --jwt-public-key", flag=True)
     max_connections_per_client: int = option(50, _positive_int, "open WebSockets and streams per client address")
     starts_per_minute: int = option(30, _positive_int, "job starts one token may make per minute (with --secret)")
+    max_subscriptions: int = option(100, _positive_int, "projects one multiplexed WebSocket (/ws) may follow at once")
     ws_messages_per_second: int = option(20, _positive_int, "messages a WebSocket client may send per second")
     max_queued: int = option(
         100, _positive_int, "queued jobs (across every process sharing the store) before refusing with queue_full"

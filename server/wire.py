@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .errors import InvalidInput
 from .jobs import Event, OutputChunk, ProgressUpdate, ProjectState, isoformat, now
 from .scheduling import Place
 
@@ -85,6 +86,11 @@ def queue_payload(place: Place) -> dict[str, Any]:
     }
 
 
+def presence_message(project_id: str, watching: int) -> Message:
+    """How many clients watch the project, every transport and process: ``{"type": "presence", ...}``."""
+    return Message("presence", encode({"type": "presence", "project_id": project_id, "watching": watching}))
+
+
 def snapshot_message(project_id: str, epoch: str, state: ProjectState, reason: str) -> Message:
     """The whole project, ``recovered: false``: what a subscriber gets when it cannot resume exactly."""
     payload = {
@@ -132,20 +138,32 @@ def agents_state(state: ProjectState, places: Mapping[str, Place] | None = None)
 # -- what the server answers a client's message -------------------------------------------------
 
 
-def client_reply(text: str) -> dict[str, Any]:
-    """The answer to one client text message: ``pong`` to a ``ping``, else an ``error`` with a code."""
+def read_client_message(text: str) -> dict[str, Any]:
+    """A client's text message: a JSON object with a ``type``, or InvalidInput with the code that says why not."""
     try:
         message = json.loads(text)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes ("[" * 60000)
-        return error_payload("bad_json", "messages must be JSON objects")
+        raise InvalidInput("bad_json", "messages must be JSON objects") from None
     if not isinstance(message, dict):
-        return error_payload("bad_message", "messages must be JSON objects")
-    kind = message.get("type")
-    if kind is None:
-        return error_payload("missing_type", "messages need a 'type' field")
-    if kind == "ping":
-        return {"type": "pong"}
-    return error_payload("unknown_type", f"unknown message type {str(kind)[:40]!r}; the only one is 'ping'")
+        raise InvalidInput("bad_message", "messages must be JSON objects")
+    if message.get("type") is None:
+        raise InvalidInput("missing_type", "messages need a 'type' field")
+    return message
+
+
+def unknown_type(kind: Any, known: str) -> InvalidInput:
+    return InvalidInput("unknown_type", f"unknown message type {str(kind)[:40]!r}; {known}")
+
+
+def client_reply(text: str) -> dict[str, Any]:
+    """The answer to one client text message: ``pong`` to a ``ping``, else an ``error`` with a code."""
+    try:
+        message = read_client_message(text)
+        if message["type"] != "ping":
+            raise unknown_type(message["type"], "the only one is 'ping'")
+    except InvalidInput as exc:
+        return error_payload(exc.code, exc.message)
+    return {"type": "pong"}
 
 
 # -- long-poll replies ----------------------------------------------------------------------------

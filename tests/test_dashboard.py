@@ -219,9 +219,15 @@ async def test_the_home_page_says_so_when_a_request_fails() -> None:
         page = await browser.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
+
+        async def refuse(ws: WebSocketRoute) -> None:
+            await ws.close(code=4403, reason="blocked by the test")
+
+        await page.route_web_socket(re.compile(r".*/ws$"), refuse)  # no socket, then no HTTP fallback either
         await page.route(re.compile(r".*/api/projects/acme$"), lambda route: route.abort())
         await page.goto(f"{live.url}/")
-        await expect(page.locator(".projects li")).to_contain_text("Could not load: cannot reach the server")
+        await expect(page.locator("body")).to_have_attribute("data-connection", "offline", timeout=TIMEOUT_MS)
+        await expect(page.locator("#connection")).to_have_text("Offline, reconnecting…")
         await page.route(re.compile(r".*/api/projects$"), lambda route: route.abort())
         await page.reload()
         await expect(page.locator("#empty")).to_contain_text("Could not load: cannot reach the server")

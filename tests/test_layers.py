@@ -29,7 +29,7 @@ SERVER_LAYERS: list[set[str]] = [
         "wire",
     },
     {"store"},
-    {"context", "plugins", "estimates", "engine", "channel", "hub"},
+    {"context", "plugins", "estimates", "engine", "channel", "hub", "presence"},
     {"views", "openapi", "auth", "limits", "access", "origins", "http_errors"},
     {"api", "legacy", "push", "pages"},
     {"app", "runner", "connections", "cli", "workers", "worker"},

@@ -1,7 +1,8 @@
 """Push: a project's events over WebSocket, Server-Sent Events and long-poll, on one cursor.
 
 One module per transport, each doing only I/O: :mod:`.websocket`, :mod:`.sse` and
-:mod:`.longpoll`; what they share (the services, the opening) is in :mod:`.streams`,
+:mod:`.longpoll`, and :mod:`.multiplex` for one WebSocket that follows many projects;
+what they share (the services, the opening) is in :mod:`.streams`,
 and every message they send is built in :mod:`jobcast.server.wire`.
 
 Each transport checks the token first (:mod:`jobcast.server.access`) and counts itself
@@ -14,11 +15,13 @@ from __future__ import annotations
 from starlette.routing import Route, WebSocketRoute
 
 from .longpoll import poll_events
+from .multiplex import multiplex_socket
 from .sse import event_stream
 from .websocket import project_socket, unknown_socket
 
 ROUTES = [
     WebSocketRoute("/ws/projects/{project_id}", project_socket),
+    WebSocketRoute("/ws", multiplex_socket),
     WebSocketRoute("/{path:path}", unknown_socket),  # last: only what no other route takes
     Route("/api/projects/{project_id}/events/stream", event_stream, methods=["GET"]),
     Route("/api/projects/{project_id}/events", poll_events, methods=["GET"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 
 from starlette.requests import Request
@@ -18,6 +19,7 @@ from ..wire import poll_snapshot, queue_payload
 from .streams import REPLAY_BATCH, Services, services_of
 
 MAX_WAIT_SECONDS = 30
+CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 async def poll_events(request: Request) -> JSONResponse:
@@ -29,11 +31,23 @@ async def poll_events(request: Request) -> JSONResponse:
     if seconds_left is not None:  # never answer with what happened after the token expired
         wait = min(wait, math.floor(seconds_left))
     address = access.client_address(request)
+    client = poller_key(request, address)
     await services.limits.open_stream(address, services.engine.store)
     try:
-        return await _poll(request, services, project_id, wait)
+        with request.state.presence.pollers.polling(project_id, client):
+            return await _poll(request, services, project_id, wait)
     finally:
         services.limits.connections.release(address)
+
+
+def poller_key(request: Request, address: str) -> str:
+    """Who polls, for presence: the ``client`` id a client sends (jobcast.js does), else address and user agent."""
+    client = request.query_params.get("client")
+    if client is None:
+        return f"{address} {request.headers.get('user-agent', '')[:200]}"
+    if not CLIENT_ID.fullmatch(client):
+        raise InvalidInput("invalid_client", "client is 1 to 64 letters, digits, '-' or '_'")
+    return f"id {client}"
 
 
 async def _poll(request: Request, services: Services, project_id: str, wait: int) -> JSONResponse:
@@ -59,6 +73,7 @@ async def _poll(request: Request, services: Services, project_id: str, wait: int
     places = await services.engine.places()
     body["queue"] = [queue_payload(place) for place in places.values() if place.project_id == project_id]
     body["output"] = [*_since(ended, have), *await _output_since(store, project_id, have)]
+    body["watching"] = await request.state.presence.watching(project_id)
     return JSONResponse(body)
 
 

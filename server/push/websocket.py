@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 from starlette.types import Scope
@@ -55,7 +55,7 @@ async def _serve_socket(websocket: WebSocket, services: Services, grant: Grant, 
         try:
             await hub.join(project_id, sub)
         except StoreUnavailable as exc:
-            await _close_unavailable(websocket, exc)
+            await close_unavailable(websocket, exc)
             return
         sub.writer = websocket.scope.get("extensions", {}).get(SEND_NOWAIT)
         # Helpers run in the app's task group, not a group per connection: 10k idle sockets
@@ -64,7 +64,7 @@ async def _serve_socket(websocket: WebSocket, services: Services, grant: Grant, 
         sub.on_overflow = functools.partial(hub.spawn, _close_ended, websocket, sub)
         if await _send_opening(websocket, services, project_id, cursor, sub):
             hub.spawn(_drain, websocket, sub)  # whatever queued meanwhile, then direct writes
-            await _receive_until_expiry(websocket, grant, services.limits.message_allowance())
+            await receive_until_expiry(websocket, grant, services.limits.message_allowance(), _answer)
     finally:
         hub.leave(project_id, sub)
         sub.writer = sub.on_backlog = sub.on_overflow = None
@@ -79,25 +79,25 @@ async def _send_opening(
     except (WebSocketDisconnect, RuntimeError):
         return False
     except StoreUnavailable as exc:
-        await _close_unavailable(websocket, exc)
+        await close_unavailable(websocket, exc)
         return False
     return True
 
 
-async def _close_unavailable(websocket: WebSocket, exc: StoreUnavailable) -> None:
+async def close_unavailable(websocket: WebSocket, exc: StoreUnavailable) -> None:
     """The store is down: say so, then close with 1013 so the client retries later with its cursor."""
     try:
         await websocket.send_text(encode(error_payload(exc.code, exc.message)))
     except (WebSocketDisconnect, RuntimeError):
         return
-    await _close(websocket, CloseCode.TRY_AGAIN_LATER, STORE_DOWN)
+    await close_socket(websocket, CloseCode.TRY_AGAIN_LATER, STORE_DOWN)
 
 
 async def _close_ended(websocket: WebSocket, sub: Subscriber) -> None:
     """The hub ended the subscriber (it fell behind, or the store started a new epoch): 1013, with the reason."""
     reason = sub.close_reason or FELL_BEHIND
     log_ended(websocket.scope, sub, reason)
-    await _close(websocket, CloseCode.TRY_AGAIN_LATER, reason)
+    await close_socket(websocket, CloseCode.TRY_AGAIN_LATER, reason)
 
 
 def log_ended(scope: Scope, sub: Subscriber, reason: str) -> None:
@@ -124,16 +124,23 @@ async def _drain(websocket: WebSocket, sub: Subscriber) -> None:
     sub.release()
 
 
-async def _receive_until_expiry(websocket: WebSocket, grant: Grant, allowed: Callable[[], bool]) -> None:
+async def _answer(websocket: WebSocket, text: str) -> None:
+    await websocket.send_text(encode(client_reply(text)))
+
+
+Answer = Callable[[WebSocket, str], Awaitable[None]]
+
+
+async def receive_until_expiry(websocket: WebSocket, grant: Grant, allowed: Callable[[], bool], answer: Answer) -> None:
     """Answer the client until it leaves or breaks a rule; close with 1008 when its token expires."""
     with anyio.move_on_after(grant.seconds_left(time.time())) as expiry:
-        await _receive_messages(websocket, allowed)
+        await _receive_messages(websocket, allowed, answer)
     if expiry.cancelled_caught:
         logger.info("closing WebSocket %s from %s: its token expired", websocket.url.path, _peer(websocket))
-        await _close(websocket, CloseCode.POLICY_VIOLATION, "token expired")
+        await close_socket(websocket, CloseCode.POLICY_VIOLATION, "token expired")
 
 
-async def _receive_messages(websocket: WebSocket, allowed: Callable[[], bool]) -> None:
+async def _receive_messages(websocket: WebSocket, allowed: Callable[[], bool], answer: Answer) -> None:
     """Answer client messages until the client leaves or breaks the rules."""
     try:
         while True:
@@ -143,18 +150,18 @@ async def _receive_messages(websocket: WebSocket, allowed: Callable[[], bool]) -
                     _log_limit(websocket, "a message over 64 KiB")  # uvicorn enforced it; a peer's own 1009 is not
                 return
             if message.get("bytes") is not None:
-                await _close(websocket, CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted")
+                await close_socket(websocket, CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted")
                 return
             text = message.get("text") or ""
             if len(text) > MAX_INBOUND_BYTES or len(text.encode()) > MAX_INBOUND_BYTES:
                 _log_limit(websocket, "a message over 64 KiB")
-                await _close(websocket, CloseCode.MESSAGE_TOO_BIG, "messages are limited to 64 KiB")
+                await close_socket(websocket, CloseCode.MESSAGE_TOO_BIG, "messages are limited to 64 KiB")
                 return
             if not allowed():
                 _log_limit(websocket, "messages too fast")
-                await _close(websocket, CloseCode.POLICY_VIOLATION, "too many messages; slow down")
+                await close_socket(websocket, CloseCode.POLICY_VIOLATION, "too many messages; slow down")
                 return
-            await websocket.send_text(encode(client_reply(text)))
+            await answer(websocket, text)
     except (WebSocketDisconnect, RuntimeError):
         return
 
@@ -178,7 +185,7 @@ def _peer_closed(websocket: WebSocket) -> bool:
     return bool(peer_closed and peer_closed())
 
 
-async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+async def close_socket(websocket: WebSocket, code: int, reason: str) -> None:
     # Without jobcast's protocol class, uvicorn may wait on a full socket even to close.
     with anyio.move_on_after(2):
         try:

@@ -269,6 +269,13 @@ class Store(abc.ABC):
     async def publish_connections(self, process: str, counts: Mapping[str, int], max_age: float) -> None:
         """Publish this process's streams per client address (shared stores), good for ``max_age`` seconds."""
 
+    async def publish_presence(self, process: str, counts: Mapping[str, int], max_age: float) -> None:
+        """Publish this process's watchers per project (shared stores), good for ``max_age`` seconds."""
+
+    async def presence_elsewhere(self, project_ids: Sequence[str], process: str, max_age: float) -> dict[str, int]:
+        """Watchers of each project in the other processes sharing the store, as each last published."""
+        return {}
+
     async def share_counts(self, process: str, counts: str, max_age: float) -> list[str]:
         """Publish this process's metrics (JSON) and return every process's published within ``max_age``
         seconds, this one's included. Only shared stores have other processes to add up."""

@@ -843,6 +843,39 @@ class RedisStore(Store):
 
         await self._call(publish)
 
+    async def publish_presence(self, process: str, counts: Mapping[str, int], max_age: float) -> None:
+        """Like connections: this process's table replaces its last one at once, and expires unless renewed."""
+        key, now = self._key("presence", process), time.time()
+
+        async def publish() -> None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                if counts:
+                    pipe.hset(key, mapping=dict(counts))
+                pipe.expire(key, math.ceil(max_age))
+                pipe.zadd(self._key("presence"), {process: now})
+                pipe.zremrangebyscore(self._key("presence"), "-inf", now - max_age)
+                await pipe.execute()
+
+        await self._call(publish)
+
+    async def presence_elsewhere(self, project_ids: Sequence[str], process: str, max_age: float) -> dict[str, int]:
+        async def read() -> dict[str, int]:
+            live = await self.client.zrangebyscore(self._key("presence"), time.time() - max_age, "+inf")
+            others = [name for name in live if name != process]
+            totals = dict.fromkeys(project_ids, 0)
+            if not others:
+                return totals
+            async with self.client.pipeline(transaction=False) as pipe:
+                for name in others:
+                    pipe.hmget(self._key("presence", name), list(project_ids))
+                for counts in await pipe.execute():
+                    for project_id, count in zip(project_ids, counts, strict=True):
+                        totals[project_id] += int(count or 0)
+            return totals
+
+        return await self._call(read)
+
     async def share_counts(self, process: str, counts: str, max_age: float) -> list[str]:
         """Each process's metrics are a field of one hash, stamped; stale ones are dropped as they are read."""
         key, now = self._key("metrics"), time.time()

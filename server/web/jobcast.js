@@ -30,7 +30,8 @@
 /** @typedef {{projectId: string, epoch: string|null, seq: number, agents: Record<string, AgentState>,
  *   progress: Record<string, {percent: number|null, message: string|null, elapsed_s: number, at: number,
  *   eta_s: number|null, overdue: boolean}>, queue: Record<string, {position: number|null, waiting_for: string,
- *   detail: string|null}>, output: Record<string, {attempt: number, text: string}>, clockOffsetMs: number}} State */
+ *   detail: string|null}>, output: Record<string, {attempt: number, text: string}>, clockOffsetMs: number,
+ *   watching: number|null}} State */
 /** @typedef {"connecting"|"live"|"fallback"|"offline"|"unauthorized"|"closed"} Status */
 
 export const FINAL = new Set(["completed", "failed", "cancelled", "timed_out"]);
@@ -57,6 +58,7 @@ export function initialState(projectId) {
     queue: {}, // job_id -> {position, waiting_for, detail}: where a queued job stands
     output: {}, // job_id -> {attempt, text}: what a running job streamed so far, applied by offset
     clockOffsetMs: 0, // server clock minus ours
+    watching: null, // how many clients watch the project (presence), once the server said
   };
 }
 
@@ -80,6 +82,8 @@ export function apply(state, message, receivedAtMs = Date.now()) {
       return applyQueue(state, message);
     case "output":
       return applyOutput(state, message);
+    case "presence":
+      return { state: message.watching === state.watching ? state : { ...state, watching: message.watching }, effects: [] };
     default:
       return { state, effects: [] };
   }
@@ -201,6 +205,10 @@ function finished(job) {
   return { kind: "finished", agent: job.agent, jobId: job.job_id, status: job.status, error: job.error };
 }
 
+function randomId() {
+  return Math.random().toString(36).slice(2, 12) + Date.now().toString(36);
+}
+
 /** Where to resume from: null before the first snapshot. @param {State} state */
 export function cursor(state) {
   return state.epoch === null ? null : { epoch: state.epoch, after: state.seq };
@@ -243,6 +251,7 @@ export function pollMessages(reply) {
     messages.push({ type: "snapshot", epoch: reply.epoch, seq: reply.seq, recovered: false, ...reply.snapshot });
   }
   messages.push(...(reply.output ?? []), ...reply.events, ...reply.progress, ...(reply.queue ?? [])); // output before an end
+  if (typeof reply.watching === "number") messages.push({ type: "presence", watching: reply.watching });
   return messages;
 }
 
@@ -346,6 +355,7 @@ class Connection {
     this.getOutputCursor = getOutputCursor; // long-poll: how much of each running job's output we have
     this.onMessage = onMessage;
     this.onStatus = onStatus;
+    this.clientId = randomId(); // a long-poll names itself, so the server counts it once among the watchers
     this.chain = transports;
     this.transportIndex = 0;
     this.failures = 0; // consecutive failures of the current transport
@@ -511,7 +521,7 @@ class Connection {
     const loop = async () => {
       while (!closed) {
         const at = this.getCursor();
-        const params = new URLSearchParams({ wait: "25" });
+        const params = new URLSearchParams({ wait: "25", client: this.clientId });
         if (at) {
           params.set("epoch", at.epoch);
           params.set("after", String(at.after));
@@ -545,7 +555,7 @@ class Connection {
 // ---------------------------------------------------------------------------------------------
 // The public face: connect().
 
-const EVENTS = ["job", "progress", "output", "queue", "snapshot", "status", "finished", "change"];
+const EVENTS = ["job", "progress", "output", "queue", "presence", "snapshot", "status", "finished", "change"];
 
 /**
  * Follow one project live. Returns at once; the connection opens in the background.
@@ -590,10 +600,11 @@ export class Project {
 
   /**
    * Call `handler` on each event of `name`; returns a function that removes it.
-   * "job", "progress", "output", "queue" and "snapshot" get the server's message (once it changed the
-   * state); "finished" gets {agent, jobId, status, error} once per job that ended while we watched;
-   * "status" gets {status, transport, code}; "change" gets the new state after any of them.
-   * @param {"job"|"progress"|"output"|"queue"|"snapshot"|"status"|"finished"|"change"} name
+   * "job", "progress", "output", "queue", "presence" and "snapshot" get the server's message (once it
+   * changed the state; "presence" is {type, project_id, watching}); "finished" gets {agent, jobId, status,
+   * error} once per job that ended while we watched; "status" gets {status, transport, code}; "change"
+   * gets the new state after any of them.
+   * @param {"job"|"progress"|"output"|"queue"|"presence"|"snapshot"|"status"|"finished"|"change"} name
    * @param {(payload: any, project: Project) => void} handler
    */
   on(name, handler) {
@@ -671,6 +682,224 @@ export class Project {
     for (const handler of this.handlers.get(name)) {
       try {
         handler(payload, this);
+      } catch (error) {
+        setTimeout(() => { throw error; }); // a handler's bug is reported, and never breaks the connection
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Many projects over one socket: connectMany().
+
+const MANY_EVENTS = ["job", "progress", "queue", "presence", "snapshot", "finished", "change", "error", "status"];
+const POLL_EVERY_MS = 5000;
+const RESUBSCRIBE_MS = 500;
+
+/**
+ * Follow many projects over one WebSocket (`/ws`): a home page, a list of jobs. Each project keeps its
+ * own state and cursor, built by apply() as connect() builds it, and resumes from it after a reconnect.
+ * Where no WebSocket gets through (twice in a row, before any opened), it reads each project's status
+ * over HTTP every 5 s instead (status "fallback").
+ * @param {{url: string, token?: string|null, getToken?: () => Promise<string>|string, projects?: string[]}} options
+ * @returns {Projects}
+ */
+export function connectMany(options) {
+  return new Projects(options);
+}
+
+export class Projects {
+  constructor({ url, token = null, getToken = null, projects = [] }) {
+    if (!url) throw new TypeError("connectMany() needs the jobcast server's url, like https://jobs.example.com");
+    const server = new URL(url, globalThis.location?.href);
+    if (!/^https?:$/.test(server.protocol)) throw new TypeError(`the url must be http(s), not ${server.protocol}`);
+    this.url = (server.origin + server.pathname).replace(/\/+$/, "");
+    /** @type {Map<string, State>} each followed project's state */
+    this.states = new Map(projects.map((id) => [id, initialState(id)]));
+    /** @type {Status} */
+    this.status = "connecting";
+    this.transport = "ws";
+    this.handlers = new Map(MANY_EVENTS.map((name) => [name, new Set()]));
+    this.tokens = new TokenKeeper(token, getToken);
+    this.socket = null;
+    this.attempt = 0;
+    this.failures = 0; // sockets in a row that never opened
+    this.renewedAfterRefusal = false;
+    this.timer = null;
+    this.stopped = false;
+    queueMicrotask(() => this.open());
+  }
+
+  /**
+   * Call `handler(payload, projectId)` on each event of `name`: the server's messages by type, "finished"
+   * ({agent, jobId, status, error}), "change" (the project's new state), "error" ({code, message,
+   * project_id}: a subscription refused, like "forbidden"), "status" ({status, transport, code}).
+   * @param {"job"|"progress"|"queue"|"presence"|"snapshot"|"finished"|"change"|"error"|"status"} name
+   * @param {(payload: any, projectId: string|null) => void} handler
+   */
+  on(name, handler) {
+    const handlers = this.handlers.get(name);
+    if (!handlers) throw new TypeError(`unknown event ${JSON.stringify(name)}; events are ${MANY_EVENTS.join(", ")}`);
+    handlers.add(handler);
+    return () => handlers.delete(handler);
+  }
+
+  /** Follow one more project (its opening snapshot arrives as "snapshot" and "change"). @param {string} projectId */
+  subscribe(projectId) {
+    if (this.states.has(projectId)) return;
+    this.states.set(projectId, initialState(projectId));
+    if (this.transport === "poll") this.pollOnce([projectId]);
+    else this.sendSubscribe(projectId);
+  }
+
+  /** Stop following one project. @param {string} projectId */
+  unsubscribe(projectId) {
+    if (!this.states.delete(projectId)) return;
+    this.send({ type: "unsubscribe", project_id: projectId });
+  }
+
+  /** A followed project's state, or undefined. @param {string} projectId @returns {State|undefined} */
+  state(projectId) {
+    return this.states.get(projectId);
+  }
+
+  /** Stop: no more events, reconnects or token renewals. */
+  close() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    this.tokens.stop();
+    this.socket?.close();
+    this.setStatus("closed");
+  }
+
+  open() {
+    if (this.stopped) return;
+    if (this.transport === "poll") {
+      this.pollLoop();
+      return;
+    }
+    const socket = new WebSocket(`${this.url.replace(/^http/, "ws")}/ws`, this.tokens.protocols());
+    this.socket = socket;
+    let opened = false;
+    let ended = false;
+    socket.onopen = () => {
+      opened = true;
+      this.attempt = 0;
+      this.failures = 0;
+      this.renewedAfterRefusal = false;
+      this.setStatus("live");
+      for (const projectId of this.states.keys()) this.sendSubscribe(projectId);
+    };
+    socket.onmessage = (event) => this.receive(JSON.parse(event.data));
+    socket.onclose = (event) => {
+      if (ended) return;
+      ended = true;
+      this.socket = null;
+      if (event.code === 1008) this.refused(/expired/.test(event.reason) ? "token_expired" : "forbidden");
+      else this.lost(opened);
+    };
+    socket.onerror = () => socket.close();
+  }
+
+  sendSubscribe(projectId) {
+    const at = cursor(this.states.get(projectId));
+    this.send({ type: "subscribe", project_id: projectId, ...(at ? { epoch: at.epoch, after: at.after } : {}) });
+  }
+
+  send(message) {
+    if (this.socket?.readyState === WebSocket.OPEN) this.socket.send(JSON.stringify(message));
+  }
+
+  receive(message) {
+    if (message.type === "error") {
+      this.emit("error", message, message.project_id ?? null);
+      const projectId = message.project_id;
+      if (message.code === "subscription_ended" && this.states.has(projectId)) {
+        setTimeout(() => this.states.has(projectId) && this.sendSubscribe(projectId), RESUBSCRIBE_MS);
+      }
+      return;
+    }
+    const state = this.states.get(message.project_id);
+    if (!state) return; // pong, unsubscribed, or the tail of a project just unsubscribed
+    const { state: next, effects } = apply(state, message);
+    if (next === state && !effects.length) return;
+    this.states.set(message.project_id, next);
+    if (this.handlers.has(message.type)) this.emit(message.type, message, message.project_id);
+    for (const effect of effects) this.emit("finished", effect, message.project_id);
+    this.emit("change", next, message.project_id);
+  }
+
+  lost(opened) {
+    if (this.stopped) return;
+    if (!opened) this.failures += 1;
+    if (this.failures >= FALLBACK_AFTER_FAILURES) {
+      this.transport = "poll";
+      this.open();
+      return;
+    }
+    this.setStatus("offline");
+    this.timer = setTimeout(() => this.open(), backoffMs(this.attempt));
+    this.attempt += 1;
+  }
+
+  async refused(code) {
+    if (this.stopped) return;
+    if (!this.renewedAfterRefusal && this.tokens.canRenew) {
+      this.renewedAfterRefusal = true;
+      if ((code === "token_expired" && this.tokens.fresh()) || (await this.tokens.renew())) {
+        if (this.transport !== "poll") this.open(); // a poll loop carries on with the new token
+        return;
+      }
+    }
+    this.stopped = true;
+    this.setStatus("unauthorized", code);
+  }
+
+  async pollLoop() {
+    while (!this.stopped) {
+      const ok = await this.pollOnce([...this.states.keys()]);
+      if (this.stopped) return;
+      this.setStatus(ok ? "fallback" : "offline");
+      await new Promise((resolve) => { this.timer = setTimeout(resolve, POLL_EVERY_MS); });
+    }
+  }
+
+  // Each project's status over HTTP, applied as a snapshot. False if the server could not be reached.
+  async pollOnce(projectIds) {
+    let reached = true;
+    await Promise.all(projectIds.map(async (projectId) => {
+      let response;
+      try {
+        response = await fetch(`${this.url}/api/projects/${encodeURIComponent(projectId)}`, {
+          headers: this.tokens.headers(), cache: "no-store",
+        });
+      } catch {
+        reached = false;
+        return;
+      }
+      const body = await response.json().catch(() => null);
+      if (!response.ok) {
+        const code = body?.error?.code ?? "http_error";
+        if (code === "forbidden") this.emit("error", { type: "error", code, message: body.error.message, project_id: projectId }, projectId);
+        else if (AUTH_CODES.has(code)) await this.refused(code);
+        return;
+      }
+      this.receive({ type: "snapshot", recovered: false, ...body });
+      if (typeof body.watching === "number") this.receive({ type: "presence", project_id: projectId, watching: body.watching });
+    }));
+    return reached;
+  }
+
+  setStatus(status, code = null) {
+    if (this.status === "closed") return;
+    this.status = status;
+    this.emit("status", { status, transport: this.transport, code }, null);
+  }
+
+  emit(name, payload, projectId) {
+    for (const handler of this.handlers.get(name)) {
+      try {
+        handler(payload, projectId);
       } catch (error) {
         setTimeout(() => { throw error; }); // a handler's bug is reported, and never breaks the connection
       }

@@ -1,11 +1,15 @@
-// The home page: projects that have jobs, with each agent's current state, and a box to open one.
+// The home page: projects that have jobs, each agent's state kept live over one WebSocket (/ws),
+// and a box to open a project.
 
-import { AUTH_CODES, authHeaders, authMessage } from "./auth.js";
+import { connectMany } from "../../jobcast.js";
+import { AUTH_CODES, authHeaders, authMessage, token } from "./auth.js";
 import { el } from "./render.js";
 
 const PROJECT_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 // the server's base URL, behind a proxy's --root-path too: this module is at <base>/static/js/
 const BASE = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
+// the most projects one socket follows (the server's --max-subscriptions default)
+const SHOWN = 100;
 
 document.getElementById("open").addEventListener("submit", (event) => {
   event.preventDefault();
@@ -32,8 +36,35 @@ async function getJson(path) {
   return body;
 }
 
-function describe(error) {
-  return AUTH_CODES.has(error.message) ? authMessage(error.message) : `Could not load: ${error.message}.`;
+function describe(code) {
+  return AUTH_CODES.has(code) ? authMessage(code) : `Could not load: ${code}.`;
+}
+
+const CONNECTION_TEXT = {
+  connecting: "Connecting…",
+  live: "Live",
+  fallback: "Live over HTTP polling",
+  offline: "Offline, reconnecting…",
+  unauthorized: "Not authorised",
+  closed: "Closed",
+};
+
+function itemOf(projectId) {
+  return document.querySelector(`#projects li[data-project="${CSS.escape(projectId)}"]`);
+}
+
+function renderProject(state, projectId) {
+  const item = itemOf(projectId);
+  if (!item) return;
+  const badges = Object.entries(state.agents).map(([name, entry]) => {
+    const status = entry.job ? entry.job.status : "idle";
+    return el("span", { class: "badge", "data-agent": name, "data-state": status, text: `${name}: ${status.replace("_", " ")}` });
+  });
+  item.querySelector(".states").replaceChildren(...badges);
+  item.querySelector(".states").classList.remove("error");
+  item.querySelector(".states").removeAttribute("role");
+  const watching = item.querySelector(".watching");
+  watching.textContent = state.watching ? `${state.watching} watching` : "";
 }
 
 async function load() {
@@ -44,25 +75,44 @@ async function load() {
     const notice = document.getElementById("empty");
     notice.hidden = false;
     notice.setAttribute("role", "alert");
-    notice.textContent = describe(error);
+    notice.textContent = describe(error.message);
     return;
   }
   document.getElementById("empty").hidden = projects.length > 0;
+  const shown = projects.slice(0, SHOWN);
   const list = document.getElementById("projects");
-  for (const id of projects.slice(0, 100)) {
-    const item = el("li", {}, el("a", { href: `${BASE}/projects/${encodeURIComponent(id)}`, text: id }));
-    list.append(item);
-    try {
-      const status = await getJson(`/api/projects/${encodeURIComponent(id)}`);
-      const badges = Object.entries(status.agents).map(([name, entry]) => {
-        const state = entry.job ? entry.job.status : "idle";
-        return el("span", { class: "badge", "data-state": state, text: `${name}: ${state.replace("_", " ")}` });
-      });
-      item.append(el("span", { class: "states" }, ...badges));
-    } catch (error) {
-      item.append(el("span", { class: "states error", role: "alert", text: describe(error) }));
-    }
+  for (const id of shown) {
+    list.append(el(
+      "li",
+      { "data-project": id },
+      el("a", { href: `${BASE}/projects/${encodeURIComponent(id)}`, text: id }),
+      el("span", { class: "states" }),
+      el("span", { class: "watching muted" }),
+    ));
   }
+  if (projects.length > SHOWN) {
+    list.after(el("p", { class: "muted", text: `Showing ${SHOWN} of ${projects.length} projects; open another by id above.` }));
+  }
+  const many = connectMany({ url: new URL(`${BASE}/`, location.href).href, token: token(), projects: shown });
+  many.on("change", renderProject);
+  many.on("error", (error, projectId) => {
+    const states = projectId && itemOf(projectId)?.querySelector(".states");
+    if (!states) return;
+    states.classList.add("error");
+    states.setAttribute("role", "alert");
+    states.textContent = describe(error.code);
+  });
+  many.on("status", ({ status, code }) => {
+    document.body.dataset.connection = status;
+    document.getElementById("connection").textContent = CONNECTION_TEXT[status];
+    if (status === "unauthorized") {
+      const notice = document.getElementById("empty");
+      notice.hidden = false;
+      notice.setAttribute("role", "alert");
+      notice.textContent = describe(code);
+    }
+  });
+  window.jobcast = many; // for a developer's console
 }
 
 load();

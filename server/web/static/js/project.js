@@ -2,6 +2,7 @@
 
 import { connect } from "../../jobcast.js";
 import { authMessage, token } from "./auth.js";
+import { mayRun, showJob, trim } from "./history.js";
 import { ONLINE, OFFLINE_REASON } from "./state.js";
 import { el, ensureCards, updateCard } from "./render.js";
 
@@ -31,6 +32,51 @@ project.on("status", ({ status, transport, code }) => {
 });
 project.on("change", onChange);
 project.on("finished", notify);
+project.on("presence", ({ watching }) => {
+  document.getElementById("watching").textContent = `${watching} watching`;
+});
+project.on("job", (message) => showInHistory(message.job));
+project.on("snapshot", (message) => {
+  for (const { job } of Object.values(message.agents)) if (job) showInHistory(job);
+});
+
+// -- the project's last jobs, under the cards -----------------------------------------------------
+
+const HISTORY = 20;
+const HISTORY_COLUMNS = ["agent", "status", "started", "duration", "attempts", "by", "error", "action"];
+const history = document.getElementById("history");
+
+function showInHistory(job) {
+  const runAgain = mayRun(project.token, projectId) ? runAgainFor : null;
+  showJob(history, job, { columns: HISTORY_COLUMNS, base: server.replace(/\/$/, ""), runAgain });
+  trim(history, HISTORY);
+  document.getElementById("history-notice").textContent = "";
+}
+
+async function runAgainFor(job) {
+  try {
+    await project.refresh(job.agent);
+  } catch (error) {
+    failed(job.agent, "run again", error.message);
+  }
+}
+
+async function loadHistory() {
+  const notice = document.getElementById("history-notice");
+  try {
+    const response = await fetch(`${project.url}/api/projects/${encodeURIComponent(projectId)}/jobs?limit=${HISTORY}`, {
+      headers: project.tokens.headers(), cache: "no-store",
+    });
+    const answer = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(answer.error?.code ?? `the server answered ${response.status}`);
+    for (const job of answer.jobs) showInHistory(job);
+    notice.textContent = history.rows.length ? "" : "No jobs yet.";
+  } catch (error) {
+    notice.textContent = `Could not load the recent jobs: ${error.message}.`;
+  }
+}
+
+loadHistory();
 
 function setOffline(offline) {
   if (link.offline === offline) return;
