@@ -233,7 +233,15 @@ async def test_the_dashboard_works_behind_a_proxy_under_a_path_prefix() -> None:
             await expect(gated).to_have_attribute("data-state", "completed", timeout=TIMEOUT_MS)
             await page.click("a.brand")
             await expect(page.locator(".projects li a")).to_have_attribute("href", "/jobcast/projects/acme")
+            await expect(page.locator("body")).to_have_attribute("data-connection", "live", timeout=TIMEOUT_MS)
+            await page.click("nav a")
+            await expect(page).to_have_url(f"{proxy.url}/jobs")
+            await expect(page.locator("body")).to_have_attribute("data-connection", "live", timeout=TIMEOUT_MS)
+            await expect(page.locator('tbody#jobs [data-column="project"] a')).to_have_attribute(
+                "href", "/jobcast/projects/acme"
+            )
     paths = {request.url.split(str(proxy.port), 1)[1] for request in requests}
     assert all(path.startswith("/jobcast/") for path in paths), sorted(paths)
-    assert {"/jobcast/jobcast.js", "/jobcast/static/js/project.js"} <= paths
+    assert {"/jobcast/jobcast.js", "/jobcast/static/js/project.js", "/jobcast/static/js/jobs.js"} <= paths
     assert any(line.startswith("GET /jobcast/ws/projects/acme") for line in proxy.requests)
+    assert "GET /jobcast/ws" in proxy.requests, proxy.requests

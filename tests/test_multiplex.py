@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -13,6 +14,8 @@ from websockets.asyncio.client import ClientConnection
 
 from tests.guarded import SECRET, Tokens, bearer, ws_answer
 from tests.live import Live, live_server
+from tests.redis_server import redis_server
+from tests.servers import jobcast_server
 from tests.support import WAIT
 
 pytestmark = pytest.mark.anyio
@@ -178,3 +181,24 @@ async def test_a_token_without_read_is_refused_at_the_handshake() -> None:
     async with live_server(secret=SECRET) as live:
         answer = await ws_answer(live.url, "/ws", bearer(Tokens().mint(("acme",), ("run",))))
         assert (answer.status, answer.code) == (403, "forbidden")
+
+
+async def test_a_redis_restart_ends_one_subscription_and_it_resumes_with_a_snapshot(tmp_path: Path) -> None:
+    """While Redis is away a subscribe answers store_unavailable; once Redis is back (empty, a new epoch) the
+    subscription ends with subscription_ended, the socket stays open, and subscribing again gives a snapshot."""
+    with redis_server(tmp_path / "redis") as own_redis:
+        args = ["--store", own_redis.url("restart"), "--agent", "tests.agents:QuickAgent", "--demo-seconds", "0.05"]
+        with jobcast_server(args, tmp_path / "server.log") as server:
+            async with websockets.connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=WAIT) as socket:
+                await send(socket, type="subscribe", project_id="outage")
+                first = await next_message(socket, of_type("snapshot", "outage"))
+                own_redis.stop()
+                await send(socket, type="subscribe", project_id="elsewhere")
+                refused = await next_message(socket, of_type("error"))
+                assert (refused["code"], refused["project_id"]) == ("store_unavailable", "elsewhere")
+                own_redis.start()
+                ended = await next_message(socket, of_type("error"))
+                assert (ended["code"], ended["project_id"]) == ("subscription_ended", "outage")
+                await send(socket, type="subscribe", project_id="outage", epoch=first["epoch"], after=first["seq"])
+                again = await next_message(socket, of_type("snapshot", "outage"))
+                assert (again["recovered"], again["epoch"] != first["epoch"]) == (False, True)

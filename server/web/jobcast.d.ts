@@ -57,6 +57,8 @@ export interface State {
   queue: Record<string, QueuePlace>;
   output: Record<string, { attempt: number; text: string }>;
   clockOffsetMs: number;
+  /** how many clients watch the project (presence); null until the server said */
+  watching: number | null;
 }
 
 export interface SnapshotMessage {
@@ -108,6 +110,21 @@ export interface QueueMessage extends QueuePlace {
   job_id: string;
 }
 
+export interface PresenceMessage {
+  type: "presence";
+  project_id: string;
+  /** clients watching the project: every transport, every process */
+  watching: number;
+}
+
+export interface SubscriptionError {
+  type: "error";
+  /** forbidden, invalid_project_id, too_many_subscriptions, store_unavailable, subscription_ended, ... */
+  code: string;
+  message: string;
+  project_id?: string;
+}
+
 export interface Finished {
   kind: "finished";
   agent: string;
@@ -128,6 +145,7 @@ export interface Events {
   progress: ProgressMessage;
   output: OutputMessage;
   queue: QueueMessage;
+  presence: PresenceMessage;
   snapshot: SnapshotMessage;
   status: StatusChange;
   finished: Finished;
@@ -186,6 +204,45 @@ export class Project {
 }
 
 export function connect(options: ConnectOptions): Project;
+
+export interface ManyEvents {
+  job: JobMessage;
+  progress: ProgressMessage;
+  queue: QueueMessage;
+  presence: PresenceMessage;
+  snapshot: SnapshotMessage;
+  finished: Finished;
+  change: State;
+  error: SubscriptionError;
+  status: StatusChange;
+}
+
+export interface ConnectManyOptions {
+  /** the jobcast server's URL, with its root path if it has one */
+  url: string;
+  /** a JWT your backend minted; omit on a server that runs open */
+  token?: string | null;
+  /** returns a fresh token: called before the current one expires, and after the server refuses it */
+  getToken?: () => string | Promise<string>;
+  /** the projects to follow from the start */
+  projects?: string[];
+}
+
+/** Many projects over one WebSocket (/ws), each with its own state and cursor. */
+export class Projects {
+  readonly url: string;
+  readonly status: Status;
+  /** "ws", or "poll" where no WebSocket got through (each project's status every 5 s) */
+  readonly transport: "ws" | "poll";
+  constructor(options: ConnectManyOptions);
+  on<K extends keyof ManyEvents>(name: K, handler: (payload: ManyEvents[K], projectId: string | null) => void): () => void;
+  subscribe(projectId: string): void;
+  unsubscribe(projectId: string): void;
+  state(projectId: string): State | undefined;
+  close(): void;
+}
+
+export function connectMany(options: ConnectManyOptions): Projects;
 
 export const FINAL: ReadonlySet<JobStatus>;
 export const ACTIVE: ReadonlySet<JobStatus>;
