@@ -121,5 +121,15 @@
   check("a running card shows its output as text", cardView(e, "a").output === "<b>streamed</b>" && outputCursor(e) === "r1.1.15");
   e = apply(e, event(3, job("r1", "completed", { output: "<b>streamed</b> all" }))).state;
   check("an ended card shows the job's whole output", cardView(e, "a").output === "<b>streamed</b> all");
+  let seen = initialState("p");
+  check("watching is unknown until the server says", seen.watching === null);
+  seen = apply(seen, { type: "presence", project_id: "p", watching: 3 }).state;
+  check("presence sets watching", seen.watching === 3);
+  const samePresence = apply(seen, { type: "presence", project_id: "p", watching: 3 });
+  check("the same presence changes nothing", samePresence.state === seen);
+  const polled = pollMessages({ epoch: "e1", seq: 7, recovered: true, events: [], progress: [], watching: 2 });
+  check("a long-poll reply's watching is a presence message",
+    polled.some((m) => m.type === "presence" && m.watching === 2), JSON.stringify(polled));
+
   return results;
 })()

@@ -117,7 +117,9 @@ def test_presence_adds_up_the_watchers_of_two_processes(tmp_path: Path, redis_se
         presence_socket(first.port, "acme") as watcher,
     ):
         wait_watching(watcher, 1)
-        with presence_socket(second.port, "acme"), presence_socket(second.port, "acme"):
+        sse = f"{second.url}/api/projects/acme/events/stream"
+        with presence_socket(second.port, "acme"), httpx.stream("GET", sse, timeout=WAIT) as stream:
+            assert stream.status_code == 200
             wait_watching(watcher, 3)
 
             def watching_through(url: str) -> int:
