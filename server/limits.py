@@ -153,10 +153,12 @@ class Limits:
         starts = RateLimiter(settings.starts_per_minute, clock)
         return cls(counter, starts, settings.ws_messages_per_second, clock)
 
-    def message_allowance(self) -> Callable[[], bool]:
+    def message_allowance(self, burst: int = 0) -> Callable[[], bool]:
         """For one WebSocket: call it per inbound message; False once the client sends too fast.
 
-        A client may send one second's worth at once, then ``messages_per_second``.
+        A client may send one second's worth at once (or ``burst``, if more: a multiplexed socket
+        subscribes all its projects at once), then ``messages_per_second``.
         """
-        bucket = TokenBucket(self.messages_per_second, self.messages_per_second, self.clock())
+        capacity = max(self.messages_per_second, burst)
+        bucket = TokenBucket(capacity, self.messages_per_second, self.clock())
         return lambda: bucket.take(self.clock()) == 0

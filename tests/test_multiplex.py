@@ -202,3 +202,12 @@ async def test_a_redis_restart_ends_one_subscription_and_it_resumes_with_a_snaps
                 await send(socket, type="subscribe", project_id="outage", epoch=first["epoch"], after=first["seq"])
                 again = await next_message(socket, of_type("snapshot", "outage"))
                 assert (again["recovered"], again["epoch"] != first["epoch"]) == (False, True)
+
+
+async def test_a_socket_subscribes_all_its_projects_at_once() -> None:
+    """More subscribes in a burst than --ws-messages-per-second allows other messages: a page with many projects."""
+    async with live_server(ws_messages_per_second=5, max_subscriptions=40) as live, await multiplexed(live) as socket:
+        for index in range(40):
+            await send(socket, type="subscribe", project_id=f"p{index}")
+        snapshots = {(await next_message(socket, of_type("snapshot")))["project_id"] for _ in range(40)}
+        assert snapshots == {f"p{index}" for index in range(40)}

@@ -53,7 +53,8 @@ async def multiplex_socket(websocket: WebSocket) -> None:
         await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         subscriptions = Subscriptions(websocket, services, grant)
         try:
-            await receive_until_expiry(websocket, grant, services.limits.message_allowance(), subscriptions.answer)
+            allowed = services.limits.message_allowance(burst=subscriptions.limit)  # every subscribe at once
+            await receive_until_expiry(websocket, grant, allowed, subscriptions.answer)
         finally:
             subscriptions.leave_all()
     finally:
