@@ -134,16 +134,23 @@ def sweep(
 ) -> list[dict[str, Any]]:
     rows = []
     for kind in SERVERS:
-        with running(kind) as server:
+        # one thread per pulse job: each sends ten progress messages a second to every subscriber
+        options = {"workers": max(8, max(rates) // 10)} if kind == "jobcast" else {}
+        with running(kind, **options) as server:
             config = {"mode": "sweep", "kind": kind, "port": server.port, "clients": clients, "seconds": seconds}
             with loadgen(config) as generator:
                 for rate in rates:
-                    results = [generator.run(f"RUN {rate}") for _ in range(runs)]
+                    results = []
+                    for _ in range(runs):
+                        cpu_before = server.cpu
+                        result = generator.run(f"RUN {rate}")
+                        result["cpu_us_per_delivery"] = (server.cpu - cpu_before) / max(1, result["delivered"]) * 1e6
+                        results.append(result)
                     row = {
                         "kind": kind,
                         "rate": rate,
                         "clients": clients,
-                        **summarise(results, ["p99_ms", "msgs_per_s"]),
+                        **summarise(results, ["p99_ms", "msgs_per_s", "cpu_us_per_delivery"]),
                     }
                     rows.append(row)
                     log(f"sweep {kind:8} {rate * clients:>7} msgs/s: p99 {fmt(row['p99_ms'])} ms")
@@ -270,11 +277,60 @@ def scale_out_table(rows: list[dict[str, Any]]) -> str:
 
 
 def sweep_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| server | offered msgs/s (rate × subscribers) | delivered msgs/s | p99 ms |", "|---|---:|---:|---:|"]
+    lines = [
+        "| server | offered msgs/s (rate × subscribers) | delivered msgs/s | p99 ms | CPU µs per delivery | passes |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
     for row in rows:
         lines.append(
             f"| {LABELS[row['kind']]} | {row['rate'] * row['clients']:,} | {fmt(row['msgs_per_s'], 0)} "
-            f"| {fmt(row['p99_ms'])} |"
+            f"| {fmt(row['p99_ms'])} | {fmt(row['cpu_us_per_delivery'])} | {'yes' if keeps_up(row) else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def mixed(
+    sizes: Sequence[int], runs: int, rounds: int, window: float, log: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """Transitions timed while five jobs report progress ten times a second each (for ``window`` seconds
+    a run, from a fifth of it before the first transition), jobcast against the ceiling."""
+    rows = []
+    for size in sizes:
+        for kind in ("jobcast", "ceiling"):
+            with running(kind) as server:
+                config = {"mode": "mixed", "kind": kind, "port": server.port, "clients": size, "rounds": rounds,
+                          "window_s": window, "warmup_s": window / 5}  # fmt: skip
+                with loadgen(config) as generator:
+                    results = []
+                    for _ in range(runs):
+                        cpu_before = server.cpu
+                        result = generator.run()
+                        result["cpu_percent"] = 100 * (server.cpu - cpu_before) / window
+                        results.append(result)
+            row = {
+                "kind": kind,
+                "clients": size,
+                "all_delivered": all(r["delivered"] == r["expected"] and r["out_of_order"] == 0 for r in results),
+                **summarise(results, ["p50_ms", "p99_ms", "max_ms", "cpu_percent"]),
+            }
+            rows.append(row)
+            log(f"mixed {kind:8} {size:>6}: transition p99 {fmt(row['p99_ms'])} ms")
+    return rows
+
+
+def mixed_table(rows: list[dict[str, Any]]) -> str:
+    ceiling = {row["clients"]: row["p99_ms"]["median"] for row in rows if row["kind"] == "ceiling"}
+    lines = [
+        "| server | subscribers | transition p50 ms | p99 ms | max ms | p99 vs ceiling | server CPU (% of a core) "
+        "| every transition, in order |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        ratio = row["p99_ms"]["median"] / ceiling[row["clients"]] if ceiling.get(row["clients"]) else float("nan")
+        lines.append(
+            f"| {LABELS[row['kind']]} | {row['clients']:,} | {fmt(row['p50_ms'])} | {fmt(row['p99_ms'])} "
+            f"| {fmt(row['max_ms'])} | {ratio:.2f}× | {fmt(row['cpu_percent'], 0)} "
+            f"| {'yes' if row['all_delivered'] else '**no**'} |"
         )
     return "\n".join(lines)
 
@@ -318,7 +374,18 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
             (f"p99 at least {need:g}× lower than python-socketio at {size:,}", f"{ratio:.1f}×", ratio >= need)
         )
     memory = rows[("jobcast", sizes[-1])]["kb_per_connection"]
-    checks.append((f"at most 30 KB per idle subscriber at {sizes[-1]:,}", f"{memory:.1f} KB", memory <= 30))
+    checks.append(
+        (
+            f"at most 20 KB per idle subscriber at {sizes[-1]:,} (offering permessage-deflate, compression off)",
+            f"{memory:.1f} KB",
+            memory <= 20,
+        )
+    )
+    for size in sizes:
+        ours, theirs = (rows[(kind, size)]["cpu_us_per_delivery"]["median"] for kind in ("jobcast", "ceiling"))
+        name = f"fan-out CPU per delivered message at {size:,} at most the ceiling's"
+        checks.append((name, f"{ours:.1f} µs against {theirs:.1f}", ours <= theirs))
+    checks.extend(_progress_targets(results))
     busy = results["status"]["busy"]["p99_ms"]["median"]
     checks.append(("status GET p99 at most 10 ms with every worker busy", f"{busy:.2f} ms", busy <= 10))
     push = results["watch"]["push"]["p50_ms"]["median"]
@@ -347,6 +414,44 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
                 row["p99_ms"] < limit and row["completed"] == row["jobs"],
             )
         )
+    return checks
+
+
+def _progress_targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """Issue 19's: sustained progress, transitions under progress, sweep CPU, and crossing processes on Redis."""
+    checks = []
+    best = highest_rates(results["sweep"])
+    ours, theirs = best.get("jobcast", 0), best.get("ceiling", 0)
+    checks.append(
+        ("highest passing progress rate at least the ceiling's", f"{ours:,} against {theirs:,} msgs/s", ours >= theirs)
+    )
+    sweep = {(row["kind"], row["rate"]): row for row in results["sweep"]}
+    both = [rate for (kind, rate), row in sweep.items() if kind == "jobcast" and keeps_up(row)
+            and ("ceiling", rate) in sweep and keeps_up(sweep[("ceiling", rate)])]  # fmt: skip
+    if both:
+        rate = max(both)
+        ours_cpu = sweep[("jobcast", rate)]["cpu_us_per_delivery"]["median"]
+        theirs_cpu = sweep[("ceiling", rate)]["cpu_us_per_delivery"]["median"]
+        offered = rate * sweep[("jobcast", rate)]["clients"]
+        checks.append(
+            (f"sweep CPU per delivered message at {offered:,} msgs/s at most the ceiling's",
+             f"{ours_cpu:.1f} µs against {theirs_cpu:.1f}", ours_cpu <= theirs_cpu)
+        )  # fmt: skip
+    mixed = {(row["kind"], row["clients"]): row for row in results["mixed"]}
+    for size in sorted({row["clients"] for row in results["mixed"]}):
+        ratio = mixed[("jobcast", size)]["p99_ms"]["median"] / mixed[("ceiling", size)]["p99_ms"]["median"]
+        every = mixed[("jobcast", size)]["all_delivered"]
+        checks.append(
+            (f"transition p99 under live progress at {size:,} within 1.25× of the ceiling, every one delivered",
+             f"{ratio:.2f}×", ratio <= 1.25 and every)
+        )  # fmt: skip
+    layouts = {row["layout"]: row["p99_ms"]["median"] for row in results["scale_out"]}
+    if "redis" in layouts and "redis-cross" in layouts:
+        ratio = layouts["redis-cross"] / layouts["redis"]
+        checks.append(
+            ("two processes on Redis: transition p99 within 1.5× of one process on Redis", f"{ratio:.2f}×",
+             ratio <= 1.5)
+        )  # fmt: skip
     return checks
 
 
@@ -422,6 +527,17 @@ least 95% of the offered messages arrive (jobcast coalesces progress for laggard
 at its first failing step. Highest rate that passes: {rates}.
 
 {sweep_table(results["sweep"])}
+
+## Transitions under live progress
+
+Five jobs report progress ten times a second each (jobcast's pulse jobs; the ceiling
+broadcasts the same progress-shaped messages at the same rate) while the timed rounds of
+the fan-out run: {settings["rounds"]} jobs of three transitions. Progress flows for
+{settings["mixed_window"]:g} s per run, from {settings["mixed_window"] / 5:g} s before the first transition.
+Latency is that of the transitions only; every transition must arrive, in order. CPU is
+the server's over the window.
+
+{mixed_table(results["mixed"])}
 
 ## Scheduling delay
 
@@ -499,8 +615,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "poll_period": 0.3 if args.smoke else 3.0,
         "status_requests": 20 if args.smoke else 300,
         "sweep_clients": 20 if args.smoke else 1000,
-        "sweep_rates": [10, 20] if args.smoke else [10, 20, 40, 80, 160],
+        "sweep_rates": [10, 20] if args.smoke else [10, 20, 40, 80, 160, 320],
         "sweep_seconds": 0.3 if args.smoke else 1.0,
+        "mixed_window": 1.0 if args.smoke else 5.0,
         "scheduling_projects": 4 if args.smoke else 100,
         "stream_clients": 20 if args.smoke else 1000,
         "stream_seconds": 1.0 if args.smoke else 5.0,
@@ -514,6 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings["watch_clients"], args.runs, settings["job_seconds"], settings["poll_period"], log
     )
     results["status"] = status(args.runs, settings["status_requests"], log)
+    results["mixed"] = mixed(settings["sizes"], args.runs, settings["rounds"], settings["mixed_window"], log)
     results["sweep"] = sweep(
         settings["sweep_clients"], settings["sweep_rates"], args.runs, settings["sweep_seconds"], log
     )

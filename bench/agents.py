@@ -45,9 +45,9 @@ class Pulse:
         raise Cancelled
 
 
-PULSE_COUNT = 16
+PULSE_COUNT = 32
 
-# Pulse0 .. Pulse15: one job per agent, so a sweep can run many pulses on one project.
+# Pulse0 .. Pulse31: one job per agent, so a sweep can run many pulses on one project.
 for _index in range(PULSE_COUNT):
     globals()[f"Pulse{_index}"] = type(f"Pulse{_index}", (Pulse,), {"name": f"pulse{_index}"})
 

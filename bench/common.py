@@ -44,6 +44,23 @@ def parse_iso(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
+def progress_like(job: int) -> dict[str, Any]:
+    """A message shaped and sized like a jobcast progress update, for the peers to send."""
+    return {
+        "type": "progress",
+        "project_id": "bench",
+        "agent": f"pulse{job}",
+        "job_id": f"{job:032d}",
+        "seq": 0,
+        "percent": 42.0,
+        "message": "pulse",
+        "elapsed_s": 1.234,
+        "at": iso_now(),
+        "eta_s": None,
+        "overdue": False,
+    }
+
+
 def transition_like(seq: int, status: str) -> dict[str, Any]:
     """A message shaped and sized like a jobcast transition, for the peers to send."""
     stamp = iso_now()

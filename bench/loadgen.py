@@ -6,8 +6,8 @@ results on stdout) or ends it, so the orchestrator can read the server's memory 
 between runs. Every wait has a deadline.
 
 Modes: ``fanout`` (rounds of three transitions to N subscribers), ``sweep`` (progress
-or broadcasts at a fixed rate), ``watch`` (push against 3 s polling), ``status``
-(latency of the quick status GET).
+or broadcasts at a fixed rate), ``mixed`` (transitions timed while jobs report progress),
+``watch`` (push against 3 s polling), ``status`` (latency of the quick status GET).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ class Tally:
     bytes_received: int = 0
     #: parse transitions fully (for progress and finish times); off in fanout, to keep the client cheap
     track_jobs: bool = False
+    #: count only the transitions of this agent (the mixed scenario's progress jobs have transitions too)
+    only_agent: bytes | None = None
 
     def count(self, now: float) -> None:
         self.delivered += 1
@@ -121,7 +123,7 @@ class Client:
             self._on_progress(text)
             return
         found = stamp_and_seq(text)
-        if found is None:
+        if found is None or (self.tally.only_agent is not None and self.tally.only_agent not in text):
             return
         stamp, seq = found
         now = time.time()
@@ -258,11 +260,67 @@ async def sweep(config: dict[str, Any]) -> None:
             emit(
                 {
                     "rate_per_subscriber": rate,
+                    "delivered": received,
                     "msgs_per_s": received / elapsed,
                     **summary(tally.progress_latencies or tally.latencies),
                 }
             )
     close_all([*clients, *([driver] if driver else [])])
+
+
+async def mixed(config: dict[str, Any]) -> None:
+    """Rounds of transitions, timed, while five jobs report progress ten times a second each (jobcast's
+    pulse jobs; the peers send the same mix). Progress runs for a fixed window around the rounds."""
+    kind, port, count, rounds = config["kind"], config["port"], config["clients"], config["rounds"]
+    window, warmup = config["window_s"], config["warmup_s"]
+    tally = Tally(only_agent=b'"agent":"instant"')
+    clients, driver, _ = await subscribers(config, tally)
+    print("READY", flush=True)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        while await next_command() == "RUN":
+            began = time.monotonic()
+            await start_progress(kind, driver, http, window)
+            await asyncio.sleep(warmup)  # progress flowing before the first timed transition, by design
+            tally.reset(3 * rounds)
+            for client in clients:
+                client.received = 0
+            first_fire = time.time()
+            for round_index in range(rounds):
+                tally.target = 3 * (round_index + 1) * count
+                tally.reached = asyncio.Event()
+                await fire(kind, port, driver, http)
+                try:
+                    await asyncio.wait_for(tally.reached.wait(), config.get("round_timeout", 30))
+                except TimeoutError:
+                    break  # reported as delivered < expected
+            last_arrival = tally.last_arrival
+            await asyncio.sleep(max(0.0, window - (time.monotonic() - began)))  # the fixed window ends
+            if kind == "jobcast":
+                for index in range(MIXED_JOBS):
+                    await http.post(f"/api/projects/bench/agents/pulse{index}/cancel")
+                await wait_busy(http, 0)
+            emit(
+                {
+                    "expected": 3 * rounds * count,
+                    "delivered": tally.delivered,
+                    "out_of_order": tally.out_of_order,
+                    "msgs_per_s": tally.delivered / max(1e-9, last_arrival - first_fire),
+                    **summary(tally.latencies),
+                }
+            )
+    close_all([*clients, *([driver] if driver else [])])
+
+
+#: jobs reporting progress in the mixed scenario, ten times a second each
+MIXED_JOBS = 5
+
+
+async def start_progress(kind: str, driver: Client | None, http: httpx.AsyncClient, window: float) -> None:
+    if kind == "jobcast":
+        for index in range(MIXED_JOBS):
+            await http.post(f"/api/projects/bench/agents/pulse{index}/refresh")
+        return
+    await fire(kind, 0, driver, http, f"progress {MIXED_JOBS * 10} {int(window * 1000)}")
 
 
 async def start_rate(
@@ -433,7 +491,7 @@ async def stream(config: dict[str, Any]) -> None:
     close_all(clients)  # type: ignore[arg-type]
 
 
-MODES = {"fanout": fanout, "sweep": sweep, "watch": watch, "status": status, "stream": stream}
+MODES = {"fanout": fanout, "sweep": sweep, "watch": watch, "status": status, "stream": stream, "mixed": mixed}
 
 
 def main() -> None:

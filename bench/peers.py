@@ -4,7 +4,9 @@
 - ``socketio``: python-socketio's ASGI server on uvicorn, emitting to a room.
 
 Both send the same transition-shaped messages jobcast sends. A connection that sends
-``fire N`` makes the server broadcast N rounds of three transitions, stamped as sent.
+``fire N`` makes the server broadcast N rounds of three transitions, stamped as sent;
+``rate R MS`` sends R transition-shaped messages a second for MS milliseconds, and
+``progress R MS`` R progress-shaped ones (five jobs in turn), as running jobs report.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from bench.common import raise_fd_limit, run, transition_like
+from bench.common import progress_like, raise_fd_limit, run, transition_like
 
 STATUSES = ("queued", "running", "completed")
+#: jobs reporting progress at once in the mixed scenario
+MIXED_JOBS = 5
 
 
 def rounds(count: int, start_seq: int) -> Iterator[dict[str, Any]]:
@@ -27,14 +31,15 @@ def rounds(count: int, start_seq: int) -> Iterator[dict[str, Any]]:
         yield transition_like(start_seq + i, STATUSES[i % 3])
 
 
-async def at_rate(rate: int, milliseconds: int, send: Any) -> None:
-    """Call ``send(payload)`` ``rate`` times a second for the given time, on schedule."""
+async def at_rate(rate: int, milliseconds: int, send: Any, progress: bool = False) -> None:
+    """Call ``send(payload)`` ``rate`` times a second for the given time, on schedule: transition-shaped
+    messages, or (``progress``) progress-shaped ones of five jobs in turn, as five running jobs send them."""
     interval, start = 1 / rate, time.monotonic()
     for index in range(int(rate * milliseconds / 1000)):
         delay = start + index * interval - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        await send(transition_like(index + 1, "running"))
+        await send(progress_like(index % MIXED_JOBS) if progress else transition_like(index + 1, "running"))
 
 
 async def ceiling(port: int) -> None:
@@ -50,13 +55,13 @@ async def ceiling(port: int) -> None:
         try:
             await connection.send('{"type":"hello"}')
             async for message in connection:
-                if isinstance(message, str) and message.startswith("rate"):
+                if isinstance(message, str) and message.startswith(("rate", "progress")):
                     rate, milliseconds = (int(x) for x in message.split()[1:])
 
                     async def send(payload: dict[str, Any]) -> None:
                         broadcast(clients, json.dumps(payload, separators=(",", ":")))
 
-                    asyncio.ensure_future(at_rate(rate, milliseconds, send))
+                    asyncio.ensure_future(at_rate(rate, milliseconds, send, progress=message.startswith("progress")))
                 elif isinstance(message, str) and message.startswith("fire"):
                     for payload in rounds(int(message.split()[1]), seq + 1):
                         seq = payload["seq"]
@@ -95,6 +100,13 @@ def socketio(port: int) -> None:
             await sio.emit("job", payload, room="bench")
 
         sio.start_background_task(at_rate, int(rate), int(milliseconds), send)
+
+    @sio.on("progress")
+    async def progress(sid: str, rate: int, milliseconds: int) -> None:
+        async def send(payload: dict[str, Any]) -> None:
+            await sio.emit("progress", payload, room="bench")
+
+        sio.start_background_task(at_rate, int(rate), int(milliseconds), send, True)
 
     app = sio_module.ASGIApp(sio)
     uvicorn.run(
