@@ -9,6 +9,7 @@ resumes from its cursor and loses nothing. The hub (:mod:`.hub`) keeps the chann
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import dataclasses
@@ -21,10 +22,14 @@ from .errors import StoreUnavailable
 from .jobs import Event, OutputChunk, ProgressUpdate
 from .metrics import Counts
 from .store import Store
-from .wire import FELL_BEHIND, Message, job_message, output_message, progress_message
+from .uvicorn_ws import Framed
+from .wire import FELL_BEHIND, Batch, Message, job_message, output_message, progress_message
 
 #: Where a subscriber keeps the project's latest ``presence`` message among its latest-value news (no job has it).
 PRESENCE_KEY = "presence"
+#: Progress waits in its channel this long at most, so that every job's progress of that moment goes to each
+#: socket in one write (one system call, not one per job); transitions and output never wait.
+PROGRESS_BATCH_SECONDS = 0.02
 #: How many finished job ids a channel remembers, to drop progress that races a final state.
 _FINISHED_MEMORY = 1024
 _READ_BATCH = 500
@@ -52,7 +57,7 @@ class Subscriber:
         self.transport = transport
         self.counts: Counts | None = None
         self.last_seq = 0
-        self.writer: Callable[[bytes], bool] | None = None
+        self.writer: Callable[[Framed], bool] | None = None
         self.on_backlog: Callable[[], object] | None = None
         self.on_overflow: Callable[[], object] | None = None
         #: true until the transport has sent the opening messages, and while it drains
@@ -103,6 +108,14 @@ class Subscriber:
         self._progress[job_id] = (seq, message)
         self._backlogged()
 
+    def push_progress_batch(self, items: list[tuple[str, int, Message]], batch: Batch, newest_seq: int) -> None:
+        """Several jobs' progress at once (``batch`` frames them all): one write while the subscriber keeps up,
+        else each is queued, latest-value, as :meth:`push_progress` would."""
+        if newest_seq <= self.last_seq and not self._is_overflowed() and self._write_now(batch):
+            return
+        for job_id, seq, message in items:
+            self.push_progress(job_id, seq, message)
+
     def push_output(self, chunk: OutputChunk, message: Message) -> None:
         """Output is complete, not latest-value: a lagging subscriber gets it merged, never thinned."""
         if self._is_overflowed():
@@ -124,10 +137,10 @@ class Subscriber:
             else:
                 self._output[job_id] = rest
 
-    def _write_now(self, message: Message) -> bool:
+    def _write_now(self, message: Framed) -> bool:
         if self.holding or self.writer is None or self._transitions or self._progress or self._output:
             return False
-        return self.writer(message.data)
+        return self.writer(message)
 
     def _is_overflowed(self) -> bool:
         return self._overflowed is not None and self._overflowed.is_set()
@@ -207,12 +220,17 @@ class Channel:
         #: set (and replaced) each time a queued job's place changes: long-polls answer with it
         self._moved = anyio.Event()
         self.scope = anyio.CancelScope()
+        #: the newest progress of each job since the last flush, and the timer of the next flush
+        self._pending_progress: dict[str, ProgressUpdate] = {}
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         try:
             await self._follow()
         finally:
             self.ended = True
+            if self._flush_timer is not None:
+                self._flush_timer.cancel()
             self._wake_waiters()
 
     async def _follow(self) -> None:
@@ -281,6 +299,7 @@ class Channel:
 
     def publish_places(self, messages: dict[str, Message]) -> None:
         """Queued jobs' new places (``queue`` messages): latest-value, never replayed, so no seq gates them."""
+        self.flush_progress()
         for job_id, message in messages.items():
             for subscriber in self.subscribers:
                 subscriber.push_progress(job_id, 0, message)
@@ -290,18 +309,20 @@ class Channel:
 
     def publish_presence(self, message: Message) -> None:
         """The project's number of watchers (a ``presence`` message): latest-value, like a queued job's place."""
+        self.flush_progress()
         for subscriber in self.subscribers:
             subscriber.push_progress(PRESENCE_KEY, 0, message)
         self._count_sent("presence")
 
-    def _count_sent(self, kind: str) -> None:
+    def _count_sent(self, kind: str, messages: int = 1) -> None:
         if self.counts is not None:
-            self.counts.add("jobcast_messages_sent", (kind,), len(self.subscribers))
+            self.counts.add("jobcast_messages_sent", (kind,), messages * len(self.subscribers))
 
     def finished(self, job_id: str) -> bool:
         return job_id in self._finished
 
     def _fan_out(self, event: Event) -> None:
+        self.flush_progress()  # what was reported before the transition arrives before it
         message = job_message(event)  # encoded once for every subscriber
         final = event.job.status.is_final
         if final:
@@ -349,6 +370,7 @@ class Channel:
         same_attempt = previous is not None and previous[0] == chunk.attempt
         end = max(previous[1], chunk.end) if previous is not None and same_attempt else chunk.end
         self._output_ends[chunk.job_id] = (chunk.attempt, end)
+        self.flush_progress()
         message = output_message(chunk)
         for subscriber in self.subscribers:
             subscriber.push_output(chunk, message)
@@ -357,9 +379,24 @@ class Channel:
         self._moved = anyio.Event()
 
     def publish_progress(self, update: ProgressUpdate) -> None:
+        """Keep the job's newest progress for the next flush, within :data:`PROGRESS_BATCH_SECONDS`."""
         if self.finished(update.job_id):
             return  # nothing about a job follows its final state
-        message = progress_message(update)
+        self._pending_progress[update.job_id] = update
+        if self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(PROGRESS_BATCH_SECONDS, self.flush_progress)
+
+    def flush_progress(self) -> None:
+        """Hand the waiting progress to every subscriber: encoded and framed once, one write to each ready socket."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if not self._pending_progress:
+            return
+        items = [(u.job_id, u.seq, progress_message(u)) for u in self._pending_progress.values()]
+        self._pending_progress.clear()
+        batch = Batch.of(message for _, _, message in items)
+        newest = max(seq for _, seq, _ in items)
         for subscriber in self.subscribers:
-            subscriber.push_progress(update.job_id, update.seq, message)
-        self._count_sent("progress")
+            subscriber.push_progress_batch(items, batch, newest)
+        self._count_sent("progress", len(items))

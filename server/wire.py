@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import struct
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -44,6 +45,40 @@ class Message:
     def data(self) -> bytes:
         """UTF-8, computed once however many subscribers write it."""
         return self.text.encode()
+
+    @functools.cached_property
+    def texts(self) -> tuple[bytes, ...]:
+        return (self.data,)
+
+    @functools.cached_property
+    def frame(self) -> bytes:
+        """The WebSocket frame, built once: a socket without extensions writes these very bytes."""
+        return text_frame(self.data)
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """Several messages framed once for every subscriber, written to each ready socket in one write."""
+
+    texts: tuple[bytes, ...]
+    frame: bytes
+
+    @classmethod
+    def of(cls, messages: Iterable[Message]) -> Batch:
+        shown = list(messages)
+        return cls(tuple(m.data for m in shown), b"".join(m.frame for m in shown))
+
+
+def text_frame(data: bytes) -> bytes:
+    """A final, unmasked text frame (RFC 6455, 5.2), as a server sends it when no extension applies."""
+    length = len(data)
+    if length < 126:
+        header = struct.pack("!BB", 0x81, length)
+    elif length < 65536:
+        header = struct.pack("!BBH", 0x81, 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, length)
+    return header + data
 
 
 def encode(payload: dict[str, Any]) -> str:

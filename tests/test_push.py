@@ -146,6 +146,21 @@ async def test_transitions_arrive_in_order_exactly_once() -> None:
         assert (await receive_until(ws, lambda m: m["type"] == "pong"))[-1] == {"type": "pong"}
 
 
+async def test_a_compressed_socket_gets_every_message_too() -> None:
+    """With --ws-compression a socket that negotiates permessage-deflate is written frame by frame, compressed,
+    where others get the frames built once: the same messages, transitions and batched progress alike."""
+    async with live_server(ws_compression=True, progress_interval=0.05) as live, live.ws("p1") as ws:
+        assert ws.response is not None and "permessage-deflate" in ws.response.headers["sec-websocket-extensions"]
+        assert (await receive(ws))["type"] == "snapshot"
+        await live.start("p1", "gated")
+        await receive_until(ws, lambda m: m["type"] == "progress" and m["elapsed_s"] > 0.1)
+        GatedAgent.gate.set()
+        seen = await receive_until(ws, is_final)
+        await run_quick_jobs(live, "p1", 2)
+        seen += await receive_until(ws, lambda m: m["type"] == "job" and m["seq"] == 9)
+        assert [m["seq"] for m in transitions(seen)][-7:] == list(range(3, 10))
+
+
 async def test_progress_ticks_and_reports_reach_subscribers() -> None:
     """A running job sends progress on each report and every interval, with its transition's seq."""
     async with live_server(progress_interval=0.05) as live, live.ws("p1") as ws:

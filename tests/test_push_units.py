@@ -124,3 +124,18 @@ def test_origins_match_exactly(origin: str | None, allowed: bool) -> None:
     """Only the server's own origin and the exact allowlist may open a socket from a browser."""
     scope = {"scheme": "ws", "headers": [(b"host", b"127.0.0.1:8000")]}
     assert origin_allowed(scope, origin, ("https://dash.example",)) is allowed
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+def test_a_prebuilt_frame_is_the_frame_websockets_would_send(size: int) -> None:
+    """The fan-out frames a message once and writes those bytes to every socket without extensions."""
+    from websockets.frames import Frame, Opcode
+
+    from jobcast.server.wire import Batch, text_frame
+
+    data = ("é" * size).encode()[:size]
+    assert text_frame(data) == Frame(Opcode.TEXT, data).serialize(mask=False)
+    first, second = Message("job", '{"a":1}'), Message("progress", "x" * size)
+    batch = Batch.of([first, second])
+    assert batch.texts == (first.data, second.data)
+    assert batch.frame == first.frame + second.frame
