@@ -64,7 +64,8 @@ class Subscriber:
         self.holding = True
         #: set when the subscriber must be closed: one of FELL_BEHIND, NEW_EPOCH, CHANNEL_FAILED
         self.close_reason: str | None = None
-        self._transitions: collections.deque[tuple[int, Message]] = collections.deque()
+        # a list, not a deque: 56 bytes empty against 760, for each of 10k idle subscribers; it only fills for laggards
+        self._transitions: list[tuple[int, Message]] = []
         self._progress: dict[str, tuple[int, Message]] = {}
         #: streamed output not yet written, per job: contiguous chunks merged into one, never dropped
         self._output: dict[str, OutputChunk] = {}
@@ -163,8 +164,10 @@ class Subscriber:
 
     def rebase(self, seq: int) -> None:
         """The subscriber already has everything up to ``seq`` (from a snapshot or replay)."""
-        while self._transitions and self._transitions[0][0] <= seq:
-            self._transitions.popleft()
+        kept = 0
+        while kept < len(self._transitions) and self._transitions[kept][0] <= seq:
+            kept += 1
+        del self._transitions[:kept]
         self.last_seq = max(self.last_seq, seq)
 
     def take_batch(self) -> list[Message]:

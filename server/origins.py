@@ -50,6 +50,12 @@ def origin_allowed(scope: Scope, origin: str | None, allowed: Sequence[str]) -> 
     return origin == f"{scheme}://{host}" or origin in allowed
 
 
+def origin_refused(scope: Scope, allowed: Sequence[str]) -> bool:
+    """Whether the guard refuses this request or handshake: a foreign browser origin, or a page of another site."""
+    origin = Headers(scope=scope).get("origin")
+    return not origin_allowed(scope, origin, allowed) or (origin is None and fetched_by_another_site(scope))
+
+
 class OriginGuard:
     """ASGI middleware: 403 ``origin_not_allowed`` for a foreign browser origin, on HTTP and WebSocket."""
 
@@ -58,11 +64,9 @@ class OriginGuard:
         self.allowed = tuple(allowed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            origin = Headers(scope=scope).get("origin")
-            if not origin_allowed(scope, origin, self.allowed) or (origin is None and fetched_by_another_site(scope)):
-                await self._refuse(scope, receive, send)
-                return
+        if scope["type"] in ("http", "websocket") and origin_refused(scope, self.allowed):
+            await self._refuse(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -19,9 +19,15 @@ from .multiplex import multiplex_socket
 from .sse import event_stream
 from .websocket import project_socket, unknown_socket
 
-ROUTES = [
+#: The sockets that stay open for hours, thousands at a time: the app sends them from the origin check straight
+#: to their endpoint (:class:`jobcast.server.app.JobcastApp`); they are routes too, for anything that lists routes.
+SOCKETS = [
     WebSocketRoute("/ws/projects/{project_id}", project_socket),
     WebSocketRoute("/ws", multiplex_socket),
+]
+
+ROUTES = [
+    *SOCKETS,
     WebSocketRoute("/{path:path}", unknown_socket),  # last: only what no other route takes
     Route("/api/projects/{project_id}/events/stream", event_stream, methods=["GET"]),
     Route("/api/projects/{project_id}/events", poll_events, methods=["GET"]),
