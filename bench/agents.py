@@ -52,6 +52,25 @@ for _index in range(PULSE_COUNT):
     globals()[f"Pulse{_index}"] = type(f"Pulse{_index}", (Pulse,), {"name": f"pulse{_index}"})
 
 
+class Ticker:
+    """Reports progress ten times a second until cancelled: a running job, as the mixed scenario has five."""
+
+    name = "ticker"
+
+    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
+        step = 0
+        while not ctx.sleep(0.1):
+            step += 1
+            ctx.report(percent=step % 100, message="tick")
+        raise Cancelled
+
+
+TICKER_COUNT = 5
+
+for _index in range(TICKER_COUNT):
+    globals()[f"Ticker{_index}"] = type(f"Ticker{_index}", (Ticker,), {"name": f"ticker{_index}"})
+
+
 class Hold:
     """Holds its thread until the file ``$JOBCAST_BENCH_GATE`` exists: keeps a queue full while it is filled."""
 

@@ -26,6 +26,8 @@ from bench.common import parse_iso, percentile, raise_fd_limit, run
 from bench.rawws import RawWebSocket, connect
 
 CONNECT_CONCURRENCY = 200
+#: a new connection per request: under load the server may close an idle keep-alive one as it is reused
+FRESH_CONNECTIONS = httpx.Limits(max_keepalive_connections=0)
 
 
 @dataclass
@@ -120,7 +122,8 @@ class Client:
                 return
         self.tally.bytes_received += len(text) + 2
         if text.startswith(b'{"type":"progress"'):
-            self._on_progress(text)
+            if self.tally.track_jobs:  # timing progress needs its JSON; otherwise it costs the client nothing
+                self._on_progress(text)
             return
         found = stamp_and_seq(text)
         if found is None or (self.tally.only_agent is not None and self.tally.only_agent not in text):
@@ -247,7 +250,7 @@ async def sweep(config: dict[str, Any]) -> None:
     tally = Tally(track_jobs=True)
     clients, driver, _ = await subscribers(config, tally)
     print("READY", flush=True)
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=30, limits=FRESH_CONNECTIONS) as http:
         while (command := await next_command()).startswith("RUN"):
             rate = int(command.split()[1])  # messages per second to each subscriber
             tally.reset(0)
@@ -276,7 +279,7 @@ async def mixed(config: dict[str, Any]) -> None:
     tally = Tally(only_agent=b'"agent":"instant"')
     clients, driver, _ = await subscribers(config, tally)
     print("READY", flush=True)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30, limits=FRESH_CONNECTIONS) as http:
         while await next_command() == "RUN":
             began = time.monotonic()
             await start_progress(kind, driver, http, window)
@@ -297,7 +300,7 @@ async def mixed(config: dict[str, Any]) -> None:
             await asyncio.sleep(max(0.0, window - (time.monotonic() - began)))  # the fixed window ends
             if kind == "jobcast":
                 for index in range(MIXED_JOBS):
-                    await http.post(f"/api/projects/bench/agents/pulse{index}/cancel")
+                    await http.post(f"/api/projects/bench/agents/ticker{index}/cancel")
                 await wait_busy(http, 0)
             emit(
                 {
@@ -318,7 +321,7 @@ MIXED_JOBS = 5
 async def start_progress(kind: str, driver: Client | None, http: httpx.AsyncClient, window: float) -> None:
     if kind == "jobcast":
         for index in range(MIXED_JOBS):
-            await http.post(f"/api/projects/bench/agents/pulse{index}/refresh")
+            await http.post(f"/api/projects/bench/agents/ticker{index}/refresh")
         return
     await fire(kind, 0, driver, http, f"progress {MIXED_JOBS * 10} {int(window * 1000)}")
 

@@ -14,9 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from bench.agents import PULSE_COUNT, TICKER_COUNT
 from bench.common import cpu_seconds, free_port, rss_bytes
 
-PULSE_AGENTS = [f"bench.agents:Pulse{i}" for i in range(16)]
+PULSE_AGENTS = [f"bench.agents:Pulse{i}" for i in range(PULSE_COUNT)]
+TICKER_AGENTS = [f"bench.agents:Ticker{i}" for i in range(TICKER_COUNT)]
 
 
 @dataclass
@@ -38,7 +40,7 @@ def server_command(
     kind: str, port: int, workers: int = 8, demo_seconds: float = 2.0, store: str = "memory://"
 ) -> list[str]:
     if kind == "jobcast":
-        agents = ["bench.agents:Instant", "bench.agents:Busy", "bench.agents:Stream50", *PULSE_AGENTS]
+        agents = ["bench.agents:Instant", "bench.agents:Busy", "bench.agents:Stream50", *PULSE_AGENTS, *TICKER_AGENTS]
         return [
             sys.executable, "-m", "jobcast", "serve", "--port", str(port), "--store", store,
             "--log-level", "warning", "--threads", str(workers), "--demo-seconds", str(demo_seconds),

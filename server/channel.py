@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import time
 from collections.abc import Callable
 
 import anyio
@@ -27,9 +28,14 @@ from .wire import FELL_BEHIND, Batch, Message, job_message, output_message, prog
 
 #: Where a subscriber keeps the project's latest ``presence`` message among its latest-value news (no job has it).
 PRESENCE_KEY = "presence"
-#: Progress waits in its channel this long at most, so that every job's progress of that moment goes to each
-#: socket in one write (one system call, not one per job); transitions and output never wait.
+#: Progress waits in its channel this long, so that every job's progress of that moment goes to each socket in
+#: one write (one system call, not one per job); transitions and output never wait. Under load the wait grows to
+#: PROGRESS_LOAD_FACTOR times what the last flush took, so progress takes at most about a fifth of the loop from
+#: transitions; but at most PROGRESS_BATCH_MAX_SECONDS, under the engine's tenth of a second between a job's
+#: reports, so no report is coalesced away by the wait alone.
 PROGRESS_BATCH_SECONDS = 0.02
+PROGRESS_LOAD_FACTOR = 4.0
+PROGRESS_BATCH_MAX_SECONDS = 0.08
 #: How many finished job ids a channel remembers, to drop progress that races a final state.
 _FINISHED_MEMORY = 1024
 _READ_BATCH = 500
@@ -226,6 +232,7 @@ class Channel:
         #: the newest progress of each job since the last flush, and the timer of the next flush
         self._pending_progress: dict[str, ProgressUpdate] = {}
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._batch_seconds = PROGRESS_BATCH_SECONDS
 
     async def run(self) -> None:
         try:
@@ -302,7 +309,6 @@ class Channel:
 
     def publish_places(self, messages: dict[str, Message]) -> None:
         """Queued jobs' new places (``queue`` messages): latest-value, never replayed, so no seq gates them."""
-        self.flush_progress()
         for job_id, message in messages.items():
             for subscriber in self.subscribers:
                 subscriber.push_progress(job_id, 0, message)
@@ -312,7 +318,6 @@ class Channel:
 
     def publish_presence(self, message: Message) -> None:
         """The project's number of watchers (a ``presence`` message): latest-value, like a queued job's place."""
-        self.flush_progress()
         for subscriber in self.subscribers:
             subscriber.push_progress(PRESENCE_KEY, 0, message)
         self._count_sent("presence")
@@ -325,9 +330,12 @@ class Channel:
         return job_id in self._finished
 
     def _fan_out(self, event: Event) -> None:
-        self.flush_progress()  # what was reported before the transition arrives before it
         message = job_message(event)  # encoded once for every subscriber
         final = event.job.status.is_final
+        # The job's progress still waiting about its previous state (or any, once it ended) is superseded.
+        waiting = self._pending_progress.get(event.job.job_id)
+        if waiting is not None and (waiting.seq < event.seq or final):
+            del self._pending_progress[event.job.job_id]
         if final:
             self._send_output_tail(event)
             self._remember_finished(event.job.job_id)
@@ -373,7 +381,6 @@ class Channel:
         same_attempt = previous is not None and previous[0] == chunk.attempt
         end = max(previous[1], chunk.end) if previous is not None and same_attempt else chunk.end
         self._output_ends[chunk.job_id] = (chunk.attempt, end)
-        self.flush_progress()
         message = output_message(chunk)
         for subscriber in self.subscribers:
             subscriber.push_output(chunk, message)
@@ -387,7 +394,7 @@ class Channel:
             return  # nothing about a job follows its final state
         self._pending_progress[update.job_id] = update
         if self._flush_timer is None:
-            self._flush_timer = asyncio.get_running_loop().call_later(PROGRESS_BATCH_SECONDS, self.flush_progress)
+            self._flush_timer = asyncio.get_running_loop().call_later(self._batch_seconds, self.flush_progress)
 
     def flush_progress(self) -> None:
         """Hand the waiting progress to every subscriber: encoded and framed once, one write to each ready socket."""
@@ -400,6 +407,9 @@ class Channel:
         self._pending_progress.clear()
         batch = Batch.of(message for _, _, message in items)
         newest = max(seq for _, seq, _ in items)
+        started = time.perf_counter()
         for subscriber in self.subscribers:
             subscriber.push_progress_batch(items, batch, newest)
+        took = time.perf_counter() - started
+        self._batch_seconds = min(PROGRESS_BATCH_MAX_SECONDS, max(PROGRESS_BATCH_SECONDS, PROGRESS_LOAD_FACTOR * took))
         self._count_sent("progress", len(items))
