@@ -35,7 +35,7 @@ PRESENCE_KEY = "presence"
 #: reports, so no report is coalesced away by the wait alone.
 PROGRESS_BATCH_SECONDS = 0.02
 PROGRESS_LOAD_FACTOR = 4.0
-PROGRESS_BATCH_MAX_SECONDS = 0.08
+PROGRESS_BATCH_MAX_SECONDS = 0.05
 #: How many finished job ids a channel remembers, to drop progress that races a final state.
 _FINISHED_MEMORY = 1024
 _READ_BATCH = 500
