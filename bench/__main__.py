@@ -563,7 +563,7 @@ are what each subscriber was sent (frames included) while the job ran, against t
 
 ```sh
 .venv/bin/pip install -e '.[bench]'
-.venv/bin/python -m bench            # about six minutes; rewrites this page and the plot
+.venv/bin/python -m bench            # about ten minutes; rewrites this page and the plot
 .venv/bin/python -m bench --smoke    # seconds; what CI runs
 ```
 """
