@@ -828,8 +828,12 @@ class RedisStore(Store):
         return int(await self._call(script, args=[self.prefix, address, process, time.time() - max_age]))
 
     async def publish_connections(self, process: str, counts: Mapping[str, int], max_age: float) -> None:
-        """This process's table replaces its last one at once (MULTI), and expires unless published again."""
-        key, now = self._key("conns", process), time.time()
+        await self._publish_table("conns", process, counts, max_age)
+
+    async def _publish_table(self, name: str, process: str, counts: Mapping[str, int], max_age: float) -> None:
+        """This process's table (streams per address, watchers per project) replaces its last one at once
+        (MULTI), and expires unless published again; the processes that published lately are in a sorted set."""
+        key, now = self._key(name, process), time.time()
 
         async def publish() -> None:
             async with self.client.pipeline(transaction=True) as pipe:
@@ -837,27 +841,14 @@ class RedisStore(Store):
                 if counts:
                     pipe.hset(key, mapping=dict(counts))
                 pipe.expire(key, math.ceil(max_age))
-                pipe.zadd(self._key("conns"), {process: now})
-                pipe.zremrangebyscore(self._key("conns"), "-inf", now - max_age)
+                pipe.zadd(self._key(name), {process: now})
+                pipe.zremrangebyscore(self._key(name), "-inf", now - max_age)
                 await pipe.execute()
 
         await self._call(publish)
 
     async def publish_presence(self, process: str, counts: Mapping[str, int], max_age: float) -> None:
-        """Like connections: this process's table replaces its last one at once, and expires unless renewed."""
-        key, now = self._key("presence", process), time.time()
-
-        async def publish() -> None:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.delete(key)
-                if counts:
-                    pipe.hset(key, mapping=dict(counts))
-                pipe.expire(key, math.ceil(max_age))
-                pipe.zadd(self._key("presence"), {process: now})
-                pipe.zremrangebyscore(self._key("presence"), "-inf", now - max_age)
-                await pipe.execute()
-
-        await self._call(publish)
+        await self._publish_table("presence", process, counts, max_age)
 
     async def presence_elsewhere(self, project_ids: Sequence[str], process: str, max_age: float) -> dict[str, int]:
         async def read() -> dict[str, int]:

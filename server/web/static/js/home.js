@@ -2,12 +2,11 @@
 // and a box to open a project.
 
 import { connectMany } from "../../jobcast.js";
-import { AUTH_CODES, authHeaders, authMessage, token } from "./auth.js";
+import { AUTH_CODES, authMessage, token } from "./auth.js";
 import { el } from "./render.js";
+import { BASE, CONNECTION_TEXT, getJson } from "./server.js";
 
 const PROJECT_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
-// the server's base URL, behind a proxy's --root-path too: this module is at <base>/static/js/
-const BASE = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
 // the most projects one socket follows (the server's --max-subscriptions default)
 const SHOWN = 100;
 
@@ -23,31 +22,9 @@ document.getElementById("open").addEventListener("submit", (event) => {
   location.href = `${BASE}/projects/${encodeURIComponent(id)}`;
 });
 
-// Every failure ends as an Error whose message the page can show: no server, an error answer, a body that is not JSON.
-async function getJson(path) {
-  let response;
-  try {
-    response = await fetch(BASE + path, { headers: authHeaders() });
-  } catch (error) {
-    throw new Error(`cannot reach the server (${error.message})`);
-  }
-  const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(body.error?.code ?? `the server answered ${response.status}`);
-  return body;
-}
-
 function describe(code) {
   return AUTH_CODES.has(code) ? authMessage(code) : `Could not load: ${code}.`;
 }
-
-const CONNECTION_TEXT = {
-  connecting: "Connecting…",
-  live: "Live",
-  fallback: "Live over HTTP polling",
-  offline: "Offline, reconnecting…",
-  unauthorized: "Not authorised",
-  closed: "Closed",
-};
 
 function itemOf(projectId) {
   return document.querySelector(`#projects li[data-project="${CSS.escape(projectId)}"]`);

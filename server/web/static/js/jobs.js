@@ -2,12 +2,11 @@
 // older pages by cursor, and live: new jobs and transitions arrive over one WebSocket (/ws).
 
 import { connectMany } from "../../jobcast.js";
-import { AUTH_CODES, authHeaders, authMessage, token } from "./auth.js";
+import { AUTH_CODES, authMessage, token } from "./auth.js";
 import { showJob } from "./history.js";
 import { el } from "./render.js";
+import { BASE, CONNECTION_TEXT, getJson } from "./server.js";
 
-// the server's base URL, behind a proxy's --root-path too: this module is at <base>/static/js/
-const BASE = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
 const COLUMNS = ["project", "agent", "status", "started", "duration", "attempts", "by", "error"];
 const PAGE = 50;
 const FOLLOWED = 100; // the server's --max-subscriptions default
@@ -31,18 +30,6 @@ form.addEventListener("submit", (event) => {
   }
   location.search = chosen.toString();
 });
-
-async function getJson(path) {
-  let response;
-  try {
-    response = await fetch(BASE + path, { headers: authHeaders(), cache: "no-store" });
-  } catch (error) {
-    throw new Error(`cannot reach the server (${error.message})`);
-  }
-  const answer = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(answer.error?.code ?? `the server answered ${response.status}`);
-  return answer;
-}
 
 function describe(code) {
   return AUTH_CODES.has(code) ? authMessage(code) : `Could not load the jobs: ${code}.`;
@@ -77,15 +64,6 @@ async function agentOptions() {
   for (const { name } of agents) select.append(el("option", { value: name, text: name }));
   select.value = filters.agent;
 }
-
-const CONNECTION_TEXT = {
-  connecting: "Connecting…",
-  live: "Live",
-  fallback: "Live over HTTP polling",
-  offline: "Offline, reconnecting…",
-  unauthorized: "Not authorised",
-  closed: "Closed",
-};
 
 async function projectsToFollow() {
   if (filters.project) return [filters.project];
