@@ -210,26 +210,35 @@ async def subscribers(config: dict[str, Any], tally: Tally) -> tuple[list[Client
     return clients, driver, time.monotonic() - started
 
 
+async def timed_rounds(
+    config: dict[str, Any], tally: Tally, clients: list[Client], driver: Client | None, http: httpx.AsyncClient
+) -> float:
+    """``rounds`` jobs of three transitions, each round waited for at every subscriber; when the first began."""
+    kind, port, count, rounds = config["kind"], config["port"], config["clients"], config["rounds"]
+    tally.reset(3 * rounds)
+    for client in clients:
+        client.received = 0
+    first_fire = time.time()
+    for round_index in range(rounds):
+        tally.target = 3 * (round_index + 1) * count
+        tally.reached = asyncio.Event()
+        await fire(kind, config.get("fire_port", port), driver, http)
+        try:
+            await asyncio.wait_for(tally.reached.wait(), config.get("round_timeout", 30))
+        except TimeoutError:
+            break  # reported as delivered < expected
+    return first_fire
+
+
 async def fanout(config: dict[str, Any]) -> None:
     """Rounds of one job (three transitions) each, every subscriber receiving every one."""
-    kind, port, count, rounds = config["kind"], config["port"], config["clients"], config["rounds"]
+    count, rounds = config["clients"], config["rounds"]
     tally = Tally()
     clients, driver, connect_seconds = await subscribers(config, tally)
     print("READY", flush=True)
     async with httpx.AsyncClient(timeout=30) as http:
         while await next_command() == "RUN":
-            tally.reset(3 * rounds)
-            for client in clients:
-                client.received = 0
-            first_fire = time.time()
-            for round_index in range(rounds):
-                tally.target = 3 * (round_index + 1) * count
-                tally.reached = asyncio.Event()
-                await fire(kind, config.get("fire_port", port), driver, http)
-                try:
-                    await asyncio.wait_for(tally.reached.wait(), config.get("round_timeout", 30))
-                except TimeoutError:
-                    break  # reported as delivered < expected
+            first_fire = await timed_rounds(config, tally, clients, driver, http)
             emit(
                 {
                     "connect_s": round(connect_seconds, 2),
@@ -273,7 +282,7 @@ async def sweep(config: dict[str, Any]) -> None:
 
 async def mixed(config: dict[str, Any]) -> None:
     """Rounds of transitions, timed, while five jobs report progress ten times a second each (jobcast's
-    pulse jobs; the peers send the same mix). Progress runs for a fixed window around the rounds."""
+    ticker jobs; the peers send the same mix). Progress runs for a fixed window around the rounds."""
     kind, port, count, rounds = config["kind"], config["port"], config["clients"], config["rounds"]
     window, warmup = config["window_s"], config["warmup_s"]
     tally = Tally(only_agent=b'"agent":"instant"')
@@ -284,18 +293,7 @@ async def mixed(config: dict[str, Any]) -> None:
             began = time.monotonic()
             await start_progress(kind, driver, http, window)
             await asyncio.sleep(warmup)  # progress flowing before the first timed transition, by design
-            tally.reset(3 * rounds)
-            for client in clients:
-                client.received = 0
-            first_fire = time.time()
-            for round_index in range(rounds):
-                tally.target = 3 * (round_index + 1) * count
-                tally.reached = asyncio.Event()
-                await fire(kind, port, driver, http)
-                try:
-                    await asyncio.wait_for(tally.reached.wait(), config.get("round_timeout", 30))
-                except TimeoutError:
-                    break  # reported as delivered < expected
+            first_fire = await timed_rounds(config, tally, clients, driver, http)
             last_arrival = tally.last_arrival
             await asyncio.sleep(max(0.0, window - (time.monotonic() - began)))  # the fixed window ends
             if kind == "jobcast":
