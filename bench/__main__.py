@@ -144,7 +144,8 @@ def sweep(
                     for _ in range(runs):
                         cpu_before = server.cpu
                         result = generator.run(f"RUN {rate}")
-                        result["cpu_us_per_delivery"] = (server.cpu - cpu_before) / max(1, result["delivered"]) * 1e6
+                        delivered = result["delivered_in_run"]  # the CPU spans the whole step, not just its window
+                        result["cpu_us_per_delivery"] = (server.cpu - cpu_before) / max(1, delivered) * 1e6
                         results.append(result)
                     row = {
                         "kind": kind,

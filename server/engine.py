@@ -709,6 +709,8 @@ class Engine:
     async def _pump_progress(self, run: _Run) -> None:
         """One timer per running job: publish on each report (at most 10 a second) and every interval."""
         written = run.progress
+        spacing = 1 / PROGRESS_WRITES_PER_SECOND
+        next_at = anyio.current_time()
         while not run.final:
             with anyio.move_on_after(self.settings.progress_interval):
                 await run.progress_changed.wait()
@@ -720,7 +722,16 @@ class Engine:
                 written = run.progress
                 with contextlib.suppress(StoreUnavailable):  # progress is latest-value; the next write catches up
                     await self.store.set_progress(run.job.job_id, written)
-            await anyio.sleep(1 / PROGRESS_WRITES_PER_SECOND)
+            next_at = next_publish_at(next_at, anyio.current_time(), spacing)
+            await anyio.sleep_until(next_at)
+
+
+def next_publish_at(previous: float, now: float, spacing: float) -> float:
+    """When a job's progress may next be published: on a grid of ``spacing`` from the previous slot, so a
+    wake-up that a busy loop makes late shortens the next wait rather than lowering the rate (a job that
+    reports all the time is heard ten times a second); a slot already missed starts the grid again."""
+    slot = previous + spacing
+    return slot if slot > now else now + spacing
 
 
 async def retry_while_unavailable(

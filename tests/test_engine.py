@@ -11,6 +11,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
+from jobcast.server.engine import next_publish_at
 from tests.agents import GatedAgent, StubbornAgent
 from tests.support import WAIT, eventually_async, status_is
 
@@ -205,3 +206,15 @@ async def test_an_outcome_for_a_job_the_store_lost_is_logged_plainly(
     lines = [record.getMessage() for record in caplog.records if record.name == "jobcast.server.engine"]
     assert f"job {job['job_id']} is gone from the store; discarding its completed outcome" in lines
     assert not any("already None" in line for line in lines)
+
+
+def test_progress_is_paced_on_a_grid_so_late_wake_ups_keep_the_rate() -> None:
+    """Ten a second: a wake-up 40 ms late shortens the next wait; a missed slot or an idle job starts over."""
+    spacing = 0.1
+    assert next_publish_at(previous=1.0, now=1.04, spacing=spacing) == pytest.approx(1.1)
+    slots = [0.0]
+    for late in (0.03, 0.09, 0.01, 0.05):  # each wake-up comes late, but within its slot
+        slots.append(next_publish_at(slots[-1], slots[-1] + late, spacing))
+    assert slots == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    assert next_publish_at(previous=1.0, now=1.25, spacing=spacing) == pytest.approx(1.35)  # a slot was missed
+    assert next_publish_at(previous=1.0, now=30.0, spacing=spacing) == pytest.approx(30.1)  # it had gone quiet
