@@ -7,7 +7,7 @@ import pytest
 from jobcast.server.channel import Subscriber
 from jobcast.server.cursor import Cursor, Resume, Snapshot, parse_cursor, parse_last_event_id, plan
 from jobcast.server.origins import origin_allowed
-from jobcast.server.wire import Message, client_reply, sse_frame
+from jobcast.server.wire import Batch, Message, client_reply, sse_frame
 
 pytestmark = pytest.mark.anyio
 
@@ -97,6 +97,38 @@ async def test_rebase_skips_what_a_snapshot_already_covered() -> None:
         sub.push_event(seq, Message("job", str(seq)), "j", final=False)
     sub.rebase(5)
     assert [m.text for m in await sub.next_batch()] == ["6"]
+
+
+def live_subscriber(writes: list[object]) -> Subscriber:
+    """A subscriber past its opening whose socket takes every write."""
+    sub = Subscriber(limit=10)
+    sub.writer = lambda framed: writes.append(framed) is None
+    sub.release()
+    return sub
+
+
+def test_transitions_read_together_go_to_a_keeping_up_socket_in_one_write() -> None:
+    """A job's queued and running, read together, are one write of both frames, and move the cursor past both."""
+    writes: list[object] = []
+    sub = live_subscriber(writes)
+    events = [(1, Message("job", "queued"), "j1", False), (2, Message("job", "running"), "j1", False)]
+    batch = Batch.of(message for _, message, _, _ in events)
+    sub.push_events(events, batch)
+    assert writes == [batch] and batch.texts == (b"queued", b"running") and sub.last_seq == 2
+
+
+async def test_transitions_read_together_skip_what_the_subscriber_has_and_queue_for_a_laggard() -> None:
+    """A subscriber whose snapshot covered the first of them gets only the rest; one that is draining queues
+    them in order, as single events would."""
+    writes: list[object] = []
+    sub = live_subscriber(writes)
+    sub.rebase(1)
+    events = [(1, Message("job", "queued"), "j1", False), (2, Message("job", "running"), "j1", False)]
+    sub.push_events(events, Batch.of(message for _, message, _, _ in events))
+    assert [framed.texts for framed in writes] == [(b"running",)]  # type: ignore[attr-defined]
+    lagging = Subscriber(limit=10)  # still holding: its opening is being sent
+    lagging.push_events(events, Batch.of(message for _, message, _, _ in events))
+    assert [m.text for m in await lagging.next_batch()] == ["queued", "running"]
 
 
 def test_overflow_flags_the_subscription() -> None:
