@@ -149,18 +149,22 @@ async def test_a_page_on_another_origin_follows_runs_and_cancels_a_job(transport
             assert "unauthorized" not in await page.evaluate("window.statuses") and not errors
 
 
-async def test_a_page_stays_live_for_longer_than_its_tokens_last() -> None:
-    """3 s tokens: renewed before expiry, and after a 1008 expiry close when a renewal failed; never unauthorized."""
+@pytest.mark.parametrize("transport", ["ws", "sse", "poll"])
+async def test_a_page_stays_live_for_longer_than_its_tokens_last(transport: str) -> None:
+    """3 s tokens: renewed before expiry, and after the server refuses an expired one (a 1008 close, the end of
+    an SSE stream, a long-poll's 401) when a renewal failed; never unauthorized, on each transport."""
     issuer = TokenIssuer(ttl=3.0, failing=frozenset({2}))  # the first renewal before expiry fails
+    connected = "live" if transport == "ws" else "fallback"
     with app_site(issuer) as site:
         async with live_server(secret=SECRET, allowed_origins=(site.origin,)) as live, chromium() as browser:
             site.jobcast_url = live.url
             page = await browser.new_page()
-            await page.goto(site.origin)
-            await wait_for_status(page, "live")
-            # call 2 (before expiry) fails; the socket is closed with 1008 at expiry; call 3 renews; and on
+            await page.goto(f"{site.origin}/?transports={transport}")
+            await wait_for_status(page, connected)
+            # call 2 (before expiry) fails; the server refuses the token at expiry; call 3 renews; and on
             await eventually_async(lambda: issuer.calls >= 5, what="tokens renewed over several lifetimes")
-            await wait_for_status(page, "live")
+            await wait_for_status(page, connected)
+            assert await page.evaluate("window.project.transport") == transport
             await run_and_cancel_then_complete(page)
             statuses = await page.evaluate("window.statuses")
             assert "unauthorized" not in statuses
