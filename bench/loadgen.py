@@ -42,6 +42,7 @@ class Tally:
     target: int = 0
     reached: asyncio.Event = field(default_factory=asyncio.Event)
     bytes_received: int = 0
+    progress_received: int = 0
     #: parse transitions fully (for progress and finish times); off in fanout, to keep the client cheap
     track_jobs: bool = False
     #: count only the transitions of this agent (the mixed scenario's progress jobs have transitions too)
@@ -57,7 +58,7 @@ class Tally:
         self.expected_per_client = expected_per_client
         self.latencies = []
         self.progress_latencies = []
-        self.delivered = self.out_of_order = self.done_clients = self.bytes_received = 0
+        self.delivered = self.out_of_order = self.done_clients = self.bytes_received = self.progress_received = 0
 
 
 def summary(values_s: list[float]) -> dict[str, float]:
@@ -135,6 +136,7 @@ class Client:
                 return
         self.tally.bytes_received += len(text) + 2
         if text.startswith(b'{"type":"progress"'):
+            self.tally.progress_received += 1
             if self.tally.track_jobs:  # timing progress needs its JSON; otherwise it costs the client nothing
                 self._on_progress(text)
             return
@@ -315,6 +317,7 @@ async def mixed(config: dict[str, Any]) -> None:
             await asyncio.sleep(warmup)  # progress flowing before the first timed transition, by design
             first_fire = await timed_rounds(config, tally, clients, driver, http)
             last_arrival = tally.last_arrival
+            progress_rate = tally.progress_received / count / max(1e-9, time.time() - first_fire)
             await asyncio.sleep(max(0.0, window - (time.monotonic() - began)))  # the fixed window ends
             if kind == "jobcast":
                 for index in range(MIXED_JOBS):
@@ -326,6 +329,7 @@ async def mixed(config: dict[str, Any]) -> None:
                     "delivered": tally.delivered,
                     "out_of_order": tally.out_of_order,
                     "msgs_per_s": tally.delivered / max(1e-9, last_arrival - first_fire),
+                    "progress_per_subscriber_s": progress_rate,
                     **summary(tally.latencies),
                 }
             )
