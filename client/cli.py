@@ -159,18 +159,13 @@ async def _run(options: argparse.Namespace) -> int:
 def _failed(error: ClientError) -> int:
     if isinstance(error, ServerRefused):
         _error(f"error: {error.message} ({error.code})")
-        return ExitCode.USAGE
-    if isinstance(error, InvalidURL):
+    elif isinstance(error, InvalidURL):
         _error(f"error: --url: {error.message}")
-        return ExitCode.USAGE
-    if isinstance(error, ServerUnreachable | ProtocolError):
+    elif isinstance(error, ServerUnreachable | ProtocolError | WaitTimedOut):
         _error(error.message)
-        return ExitCode.UNAVAILABLE
-    if isinstance(error, WaitTimedOut):
-        _error(error.message)
-        return ExitCode.TIMED_OUT
-    _error(f"error: {error.message}")
-    return ExitCode.INTERNAL
+    else:
+        _error(f"error: {error.message}")
+    return error.exit_code
 
 
 def _error(text: str) -> None:

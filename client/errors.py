@@ -23,9 +23,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from .exitcodes import ExitCode
+
 
 class ClientError(Exception):
-    """Base of every error the client raises on purpose."""
+    """Base of every error the client raises on purpose. ``exit_code`` is what the ``jobcast`` command exits
+    with for it, so a script or a view built on the library can answer the same way."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -33,12 +38,16 @@ class ClientError(Exception):
 
 
 class InvalidURL(ClientError):
+    exit_code = ExitCode.USAGE
+
     def __init__(self, url: str) -> None:
         super().__init__(f"{url!r} is not a server URL like http://127.0.0.1:8000")
         self.url = url
 
 
 class ServerUnreachable(ClientError):
+    exit_code = ExitCode.UNAVAILABLE
+
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"cannot reach the jobcast server at {url}: {reason}")
         self.url = url
@@ -47,6 +56,8 @@ class ServerUnreachable(ClientError):
 
 class ServerRefused(ClientError):
     """The server answered with an error: ``code`` is its machine-readable code."""
+
+    exit_code = ExitCode.USAGE
 
     def __init__(self, code: str, message: str, status: int) -> None:
         super().__init__(message)
@@ -63,6 +74,8 @@ class WaitTimedOut(ClientError, TimeoutError):
     ``job`` is its record as last seen. The CLI's exit code for it is 3, as for ``--timeout``.
     """
 
+    exit_code = ExitCode.TIMED_OUT
+
     def __init__(self, job_id: str, timeout: float, job: dict[str, Any]) -> None:
         super().__init__(
             f"job {job_id} was still {job.get('status')} after {timeout:g} s; it goes on running on the server"
@@ -73,7 +86,7 @@ class WaitTimedOut(ClientError, TimeoutError):
 
 
 class ProtocolError(ClientError):
-    pass
+    exit_code = ExitCode.UNAVAILABLE
 
 
 class TransportError(Exception):

@@ -110,8 +110,9 @@ async def take(events: AsyncIterable[Message], count: int) -> AsyncIterator[Mess
 
 
 def exit_code_of(error: ClientError) -> int:
-    """The CLI's exit code for an error: its own mapping (which also prints the error's line on stderr)."""
-    return cli._failed(error)
+    """The error's exit code, which a library user reads as ``error.exit_code``: the CLI exits with the same."""
+    assert cli._failed(error) == error.exit_code
+    return error.exit_code
 
 
 class Recording(httpx.BaseTransport):
