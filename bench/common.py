@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import socket
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+
+from jobcast.server.jobs import Event, Job, JobStatus
+from jobcast.server.wire import job_message
 
 T = TypeVar("T")
 
@@ -62,30 +66,15 @@ def progress_like(job: int) -> dict[str, Any]:
 
 
 def transition_like(seq: int, status: str) -> dict[str, Any]:
-    """A message shaped and sized like a jobcast transition, for the peers to send."""
-    stamp = iso_now()
-    return {
-        "type": "job",
-        "epoch": "bench",
-        "seq": seq,
-        "project_id": "bench",
-        "agent": "instant",
-        "job": {
-            "job_id": "0" * 32,
-            "project_id": "bench",
-            "agent": "instant",
-            "status": status,
-            "created_at": stamp,
-            "updated_at": stamp,
-            "started_at": stamp,
-            "finished_at": None,
-            "elapsed_s": 0.0,
-            "progress": {"percent": None, "message": None},
-            "cancel_requested": False,
-            "result": {"project": "bench"} if status == "completed" else None,
-            "error": None,
-        },
-    }
+    """A jobcast transition message, made by jobcast's own record and encoder, for the peers to send: the same
+    fields and size as an ``instant`` job's (started from 127.0.0.1, on an open server), stamped now."""
+    job = Job.new("bench", "instant", started_by="127.0.0.1")
+    if status != "queued":
+        job = job.started_on({"host": socket.gethostname(), "pid": os.getpid()})
+    if status == "completed":
+        job = job.transition(JobStatus.COMPLETED, result={"project": "bench"})
+    message: dict[str, Any] = json.loads(job_message(Event(epoch="bench", seq=seq, job=job)).data)
+    return message
 
 
 def rss_bytes(pid: int) -> int:
