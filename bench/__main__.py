@@ -477,6 +477,9 @@ WebSocket client (`bench/rawws.py`), so it shares the two cores with the server.
 |---|---:|---|
 {target_rows}
 
+For each target missed, [performance.md](performance.md) gives the profile and the
+evidence of what limits it, and what was tried.
+
 ## Fan-out: one project, many subscribers
 
 Each run starts {settings["rounds"]} jobs one after another on one project; each job is three
