@@ -32,43 +32,46 @@ class Busy:
         return {"project": project_id}
 
 
-class Pulse:
-    """Reports progress as fast as it may (coalesced to ten a second) until cancelled."""
+class Reporter:
+    """Reports progress every ``period`` seconds until cancelled."""
 
-    name = "pulse"
+    name = "reporter"
+    period = 0.1
+    message = "report"
 
     def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
         step = 0
-        while not ctx.sleep(0.01):
+        while not ctx.sleep(self.period):
             step += 1
-            ctx.report(percent=step % 100, message="pulse")
+            ctx.report(percent=step % 100, message=self.message)
         raise Cancelled
+
+
+def numbered(base: type[Any], count: int, stem: str | None = None) -> None:
+    """Agents ``<stem>0`` .. ``<stem><count - 1>`` (classes ``Stem0`` ..) subclassing ``base``: one job per agent,
+    so many of them run at once on one project. ``stem`` is ``base.name`` unless given."""
+    stem = stem or base.name
+    for index in range(count):
+        name = f"{stem.capitalize()}{index}"
+        globals()[name] = type(name, (base,), {"name": f"{stem}{index}"})
+
+
+class Pulse(Reporter):
+    """Reports progress as fast as it may (coalesced to ten a second) until cancelled."""
+
+    name, period, message = "pulse", 0.01, "pulse"
+
+
+class Ticker(Reporter):
+    """Reports progress ten times a second until cancelled: a running job, as the mixed scenario has five."""
+
+    name, period, message = "ticker", 0.1, "tick"
 
 
 PULSE_COUNT = 32
-
-# Pulse0 .. Pulse31: one job per agent, so a sweep can run many pulses on one project.
-for _index in range(PULSE_COUNT):
-    globals()[f"Pulse{_index}"] = type(f"Pulse{_index}", (Pulse,), {"name": f"pulse{_index}"})
-
-
-class Ticker:
-    """Reports progress ten times a second until cancelled: a running job, as the mixed scenario has five."""
-
-    name = "ticker"
-
-    def refresh(self, project_id: str, ctx: Context) -> dict[str, Any]:
-        step = 0
-        while not ctx.sleep(0.1):
-            step += 1
-            ctx.report(percent=step % 100, message="tick")
-        raise Cancelled
-
-
 TICKER_COUNT = 5
-
-for _index in range(TICKER_COUNT):
-    globals()[f"Ticker{_index}"] = type(f"Ticker{_index}", (Ticker,), {"name": f"ticker{_index}"})
+numbered(Pulse, PULSE_COUNT)  # the sweep runs many pulses on one project
+numbered(Ticker, TICKER_COUNT)
 
 
 class Hold:
@@ -85,10 +88,9 @@ class Hold:
 
 
 TICK_COUNT = 5
-
-# Tick0 .. Tick4: instant jobs under five names, so 100 projects hold 1,000 jobs (each with a follow-up).
-for _index in range(TICK_COUNT):
-    globals()[f"Tick{_index}"] = type(f"Tick{_index}", (Instant,), {"name": f"tick{_index}"})
+numbered(
+    Instant, TICK_COUNT, "tick"
+)  # instant jobs under five names: 100 projects hold 1,000 jobs, each with a follow-up
 
 
 class Stream50:
